@@ -1,0 +1,31 @@
+# Two commands on a fresh clone: `make repro` (set up, then run the pipeline) and `make test`.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Stages run as `python -m stages.<name>` from dvc.yaml: put the venv's python first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export TOKENIZERS_PARALLELISM ?= true
+
+.PHONY: setup repro test clean-venv
+
+setup: $(STAMP)
+
+# Reinstalls only when the pinned requirements or the project metadata change.
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+repro: setup
+	dvc repro
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

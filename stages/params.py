@@ -1,0 +1,204 @@
+"""Load `params.yaml` into frozen, validated settings: one dataclass per section.
+
+Every stage reads its settings through `load_params`, so a misspelled key, a wrong type or an
+out-of-range value fails before any work starts, with a message that names the file, the key, the
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.cli import UserError
+
+
+class ParamsError(UserError):
+    """A params file that cannot be used as it is; the message says what to change."""
+
+
+def _rule(
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Field metadata: the bounds or choices a value must respect."""
+    return {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Section `data:` — where the reviews come from and how many labels they have."""
+
+    dataset: str
+    revision: str | None
+    num_labels: int = field(metadata=_rule(ge=2))
+    test_size: float = field(metadata=_rule(gt=0, lt=1))
+    seed: int = field(metadata=_rule(ge=0))
+    synthetic_train_size: int = field(metadata=_rule(ge=1))
+    synthetic_test_size: int = field(metadata=_rule(ge=1))
+    synthetic_label_noise: float = field(metadata=_rule(ge=0, le=1))
+    synthetic_length_scale: float = field(metadata=_rule(gt=0))
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Section `model:` — the pretrained checkpoint to fine-tune."""
+
+    name: str
+    revision: str | None
+    trust_remote_code: bool
+
+
+@dataclass(frozen=True)
+class TokenizeParams:
+    """Section `tokenize:` — how texts become token ids."""
+
+    max_length: int = field(metadata=_rule(ge=8))
+    padding: str = field(metadata=_rule(choices=("dynamic", "max_length")))
+    batch_size: int = field(metadata=_rule(ge=1))
+
+
+@dataclass(frozen=True)
+class SubsetParams:
+    """Section `subset:` — the seeded train and eval subsets, as in the tutorial."""
+
+    train_size: int = field(metadata=_rule(ge=1))
+    eval_size: int = field(metadata=_rule(ge=1))
+    seed: int = field(metadata=_rule(ge=0))
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Section `train:` — the `Trainer` run."""
+
+    epochs: float = field(metadata=_rule(gt=0))
+    learning_rate: float = field(metadata=_rule(ge=0))
+    batch_size: int = field(metadata=_rule(ge=1))
+    eval_batch_size: int = field(metadata=_rule(ge=1))
+    weight_decay: float = field(metadata=_rule(ge=0))
+    warmup_ratio: float = field(metadata=_rule(ge=0, lt=1))
+    seed: int = field(metadata=_rule(ge=0))
+    max_steps: int | None = field(metadata=_rule(ge=1))
+    logging_steps: int = field(metadata=_rule(ge=1))
+    group_by_length: bool
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Section `evaluate:` — batch prediction on the eval subset."""
+
+    batch_size: int = field(metadata=_rule(ge=1))
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole `params.yaml`, every section validated."""
+
+    data: DataParams
+    model: ModelParams
+    tokenize: TokenizeParams
+    subset: SubsetParams
+    train: TrainParams
+    evaluate: EvaluateParams
+
+
+def load_params(path: Path = Path("params.yaml")) -> Params:
+    """Read and validate `path`; raise `ParamsError` naming the first problem found."""
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return _build(Params, raw, path, prefix="")
+
+
+def _build(cls: type, raw: Any, path: Path, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: {where} must be a mapping of keys to values, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            allowed = ", ".join(fields)
+            raise ParamsError(
+                f"{path}: unknown key '{prefix}{key}'{hint}; {where} takes: {allowed}"
+            )
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name not in raw:
+            raise ParamsError(f"{path}: missing key '{key}' (set it, or null where it may be off)")
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], path, prefix=f"{key}.")
+        else:
+            values[name] = _check_value(raw[name], hint, f.metadata, key, path)
+    return cls(**values)
+
+
+def _check_value(value: Any, hint: Any, rule: typing.Mapping[str, Any], key: str, path: Path) -> Any:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ParamsError(f"{path}: {key} is null; expected {_describe(allowed, rule)}")
+    base = next(t for t in allowed if t is not type(None))
+    # bool is an int in Python: `epochs: true` must not pass as 1. An int is a fine float.
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, base) and not isinstance(value, bool)
+    if not ok:
+        raise ParamsError(
+            f"{path}: {key} = {value!r} has the wrong type; expected {_describe(allowed, rule)}"
+        )
+    if base is float:
+        value = float(value)
+    if not _in_range(value, rule):
+        raise ParamsError(f"{path}: {key} = {value!r} is out of range; expected {_describe(allowed, rule)}")
+    return value
+
+
+def _in_range(value: Any, rule: typing.Mapping[str, Any]) -> bool:
+    if rule.get("choices") is not None:
+        return value in rule["choices"]
+    checks = {
+        "ge": lambda bound: value >= bound,
+        "gt": lambda bound: value > bound,
+        "le": lambda bound: value <= bound,
+        "lt": lambda bound: value < bound,
+    }
+    return all(check(rule[name]) for name, check in checks.items() if rule.get(name) is not None)
+
+
+def _describe(allowed: tuple[Any, ...], rule: typing.Mapping[str, Any]) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    base = next(t for t in allowed if t is not type(None))
+    if rule.get("choices") is not None:
+        text = "one of " + ", ".join(repr(c) for c in rule["choices"])
+    else:
+        text = names[base]
+        symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+        bounds = [f"{symbols[k]} {rule[k]}" for k in symbols if rule.get(k) is not None]
+        if bounds:
+            text += " " + " and ".join(bounds)
+    if type(None) in allowed:
+        text += ", or null"
+    return text

@@ -1,0 +1,197 @@
+"""Stage `prepare`: load the raw reviews, validate them, and write train and test splits.
+
+Params: `data.*`. Output: `<out>/train.parquet` and `<out>/test.parquet`, columns `text` (string)
+and `label` (int64 in `[0, data.num_labels)`).
+
+`data.dataset` picks the source:
+- `synthetic`: the built-in generator (`stages/synthetic.py`), no network needed;
+- a CSV, JSON Lines or Parquet file, split into train and test by a seeded, stratified
+  `data.test_size`;
+- a folder holding `train.<ext>` and `test.<ext>`;
+- anything else is a Hub dataset id (`yelp_review_full`), pinned by `data.revision`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.model_selection import train_test_split
+
+from stages import hub
+from stages.cli import UserError, run_main
+from stages.outputs import atomic_dir
+from stages.params import DataParams, load_params
+from stages.synthetic import generate_reviews
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic"
+READERS = {
+    ".csv": lambda path: pd.read_csv(path),
+    ".jsonl": lambda path: pd.read_json(path, lines=True),
+    ".json": lambda path: pd.read_json(path, lines=True),
+    ".parquet": lambda path: pd.read_parquet(path),
+}
+SPLITS = ("train", "test")
+
+
+class DataError(UserError):
+    """Raw data that cannot be used; the message names the file or split, the row and the fix."""
+
+
+def run(params: DataParams, out_dir: Path) -> dict[str, int]:
+    """Load and validate the raw data named by `params.dataset`; write `out_dir`. Return row counts."""
+    splits = load_splits(params)
+    with atomic_dir(out_dir) as tmp:
+        for split, frame in splits.items():
+            table = pa.table(
+                {"text": pa.array(frame["text"], pa.string()), "label": pa.array(frame["label"], pa.int64())}
+            )
+            pq.write_table(table, tmp / f"{split}.parquet")
+    return {split: len(frame) for split, frame in splits.items()}
+
+
+def load_splits(params: DataParams) -> dict[str, pd.DataFrame]:
+    """The validated train and test splits, each a frame with columns `text` and `label`."""
+    if params.dataset == SYNTHETIC:
+        return {
+            "train": _synthetic(params.synthetic_train_size, params.seed, params),
+            # A different seed stream keeps test reviews independent of the train ones.
+            "test": _synthetic(params.synthetic_test_size, params.seed + 1_000_003, params),
+        }
+    path = Path(params.dataset).expanduser()
+    if path.is_dir():
+        return {split: _validated(_read(_split_file(path, split)), str(_split_file(path, split)), params) for split in SPLITS}
+    if path.suffix.lower() in READERS or path.exists():
+        frame = _validated(_read(path), str(path), params)
+        return _stratified_split(frame, str(path), params)
+    if params.dataset.startswith((".", "/", "~")) or "\\" in params.dataset:
+        raise DataError(f"data.dataset = {params.dataset!r}: no such file or folder")
+    return _hub_splits(params)
+
+
+def _synthetic(n: int, seed: int, params: DataParams) -> pd.DataFrame:
+    texts, labels = generate_reviews(
+        n, seed, label_noise=params.synthetic_label_noise, length_scale=params.synthetic_length_scale
+    )
+    return pd.DataFrame({"text": texts, "label": labels})
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (data.dataset)")
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected one of {', '.join(READERS)}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty; expected rows with columns 'text' and 'label'")
+    try:
+        return reader(path)
+    except (ValueError, pd.errors.ParserError, pa.ArrowException, UnicodeDecodeError) as err:
+        kind = path.suffix.lower().lstrip(".").upper()
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: cannot be read as {kind}: {first_line}") from None
+
+
+def _split_file(folder: Path, split: str) -> Path:
+    found = sorted(p for p in folder.glob(f"{split}.*") if p.suffix.lower() in READERS)
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)}"
+        raise DataError(
+            f"{folder}: {what} '{split}' files; expected exactly one of "
+            + ", ".join(f"{split}{ext}" for ext in READERS)
+        )
+    return found[0]
+
+
+def _validated(frame: pd.DataFrame, source: str, params: DataParams) -> pd.DataFrame:
+    """Check columns, text and labels; return just `text` and `label`, labels as int64."""
+    missing = [c for c in ("text", "label") if c not in frame.columns]
+    if missing:
+        found = ", ".join(map(str, frame.columns)) or "none"
+        raise DataError(
+            f"{source}: missing column {', '.join(repr(c) for c in missing)} (found: {found}); "
+            "expected columns 'text' and 'label'"
+        )
+    if len(frame) == 0:
+        raise DataError(f"{source}: no rows; expected reviews with columns 'text' and 'label'")
+    text = frame["text"]
+    bad_text = text.isna().to_numpy() | (text.astype(str).str.strip() == "").to_numpy()
+    bad_text |= ~text.map(lambda v: isinstance(v, str)).to_numpy()
+    if bad_text.any():
+        row = int(np.flatnonzero(bad_text)[0])
+        raise DataError(
+            f"{source} row {row + 1}: text is empty, null or not a string ({text.iloc[row]!r}); "
+            f"every review needs non-empty text ({int(bad_text.sum())} such rows)"
+        )
+    labels = pd.to_numeric(frame["label"], errors="coerce")
+    in_range = labels.notna() & (labels % 1 == 0) & (labels >= 0) & (labels < params.num_labels)
+    if not in_range.all():
+        row = int(np.flatnonzero(~in_range.to_numpy())[0])
+        raise DataError(
+            f"{source} row {row + 1}: label {frame['label'].iloc[row]!r} is not an integer in "
+            f"[0, {params.num_labels}) (data.num_labels = {params.num_labels}; "
+            f"{int((~in_range).sum())} such rows)"
+        )
+    return pd.DataFrame({"text": text.astype(str).to_numpy(), "label": labels.astype("int64").to_numpy()})
+
+
+def _stratified_split(frame: pd.DataFrame, source: str, params: DataParams) -> dict[str, pd.DataFrame]:
+    counts = frame["label"].value_counts()
+    if (counts < 2).any():
+        rare = ", ".join(str(label) for label in counts[counts < 2].index)
+        raise DataError(
+            f"{source}: label(s) {rare} occur only once; a stratified split (data.test_size) needs "
+            "at least 2 rows per label"
+        )
+    try:
+        train_rows, test_rows = train_test_split(
+            np.arange(len(frame)), test_size=params.test_size, stratify=frame["label"], random_state=params.seed
+        )
+    except ValueError as err:
+        raise DataError(f"{source}: cannot split with data.test_size = {params.test_size}: {err}") from None
+    # Sorted row order keeps the output independent of how the splitter orders its result.
+    return {
+        "train": frame.iloc[np.sort(train_rows)].reset_index(drop=True),
+        "test": frame.iloc[np.sort(test_rows)].reset_index(drop=True),
+    }
+
+
+def _hub_splits(params: DataParams) -> dict[str, pd.DataFrame]:
+    import datasets
+
+    snapshot = hub.resolve_dataset(params.dataset, params.revision)
+    loaded = datasets.load_dataset(str(snapshot))
+    for split in SPLITS:
+        if split not in loaded:
+            raise DataError(f"dataset {params.dataset!r}: no '{split}' split (found: {', '.join(loaded)})")
+    return {
+        split: _validated(loaded[split].to_pandas(), f"dataset {params.dataset!r} split '{split}'", params)
+        for split in SPLITS
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, required=True, help="output folder (data/prepared)")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    started = time.perf_counter()
+    counts = run(params.data, args.out)
+    log.info(
+        "prepared %s from %r in %.1fs: %s",
+        args.out, params.data.dataset, time.perf_counter() - started,
+        ", ".join(f"{split} {n:,} rows" for split, n in counts.items()),
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,145 @@
+"""Stage `tokenize`: turn every review into token ids with the model's fast tokenizer, once.
+
+Params: `model.*`, `tokenize.*`. Input: `<prepared>/{train,test}.parquet`. Output:
+`<out>/{train,test}.parquet` with `input_ids` (a list of the narrowest unsigned integer type the
+vocabulary fits) and `label`, plus `<out>/meta.json` describing how the ids were made.
+
+Texts are truncated at `tokenize.max_length` but never padded here: padding is a property of the
+batch, added at train time (`dynamic`, to the longest example in the batch) or to `max_length` (the
+tutorial's behaviour). The attention mask and token type ids are all ones and all zeros before
+padding, so storing them would only triple the size; the collator rebuilds them. The full data is
+tokenized once, so changing subset sizes never re-tokenizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from stages import hub
+from stages.cli import UserError, run_main
+from stages.outputs import atomic_dir, write_json
+from stages.params import ModelParams, ParamsError, TokenizeParams, load_params
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+
+
+def load_tokenizer(model: ModelParams) -> PreTrainedTokenizerBase:
+    """The fast tokenizer of `model.name`; safetensors-only, remote code only when allowed."""
+    model_dir = hub.resolve_model(model.name, model.revision)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True, trust_remote_code=model.trust_remote_code)
+    if not tokenizer.is_fast:
+        raise UserError(f"model.name = {model.name!r}: has no fast tokenizer (tokenizer.json); one is required")
+    return tokenizer
+
+
+def model_max_length(model: ModelParams) -> int:
+    """The longest input the model's position embeddings allow."""
+    model_dir = hub.resolve_model(model.name, model.revision)
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=model.trust_remote_code)
+    except ValueError as err:
+        raise UserError(f"model.name = {model.name!r}: cannot load its config: {err}") from None
+    limit = getattr(config, "max_position_embeddings", None)
+    return int(limit) if limit else 10**9
+
+
+def id_type(vocab_size: int) -> pa.DataType:
+    """The narrowest unsigned integer type that holds every token id."""
+    return pa.uint16() if vocab_size <= 2**16 else pa.uint32()
+
+
+def run(model: ModelParams, params: TokenizeParams, prepared_dir: Path, out_dir: Path) -> dict:
+    """Tokenize `prepared_dir`'s splits into `out_dir`; return the metadata written beside them."""
+    limit = model_max_length(model)
+    if params.max_length > limit:
+        raise ParamsError(
+            f"tokenize.max_length = {params.max_length} exceeds the limit of model {model.name!r} "
+            f"({limit} positions); expected an integer <= {limit}"
+        )
+    tokenizer = load_tokenizer(model)
+    ids_type = id_type(len(tokenizer))
+    meta: dict = {
+        "model": model.name,
+        "model_revision": model.revision,
+        "max_length": params.max_length,
+        "padding": params.padding,
+        "pad_token_id": tokenizer.pad_token_id,
+        "vocab_size": len(tokenizer),
+        "id_type": str(ids_type),
+        "rows": {},
+        "tokens": {},
+        "at_max_length": {},
+    }
+    with atomic_dir(out_dir) as tmp:
+        for split in SPLITS:
+            rows, tokens, at_max_length = _tokenize_split(
+                tokenizer, params, prepared_dir / f"{split}.parquet", tmp / f"{split}.parquet", ids_type
+            )
+            meta["rows"][split], meta["tokens"][split], meta["at_max_length"][split] = rows, tokens, at_max_length
+        write_json(tmp / "meta.json", meta)
+    return meta
+
+
+def _tokenize_split(
+    tokenizer: PreTrainedTokenizerBase, params: TokenizeParams, source: Path, target: Path, ids_type: pa.DataType
+) -> tuple[int, int, int]:
+    if not source.is_file():
+        raise UserError(f"{source}: not found; run the prepare stage first (dvc repro prepare)")
+    reader = pq.ParquetFile(source)
+    schema = pa.schema([("input_ids", pa.list_(ids_type)), ("label", pa.int64())])
+    rows = tokens = at_max_length = 0
+    # Batches stream from disk to disk, so memory stays flat however large the split is.
+    with pq.ParquetWriter(target, schema) as writer, tqdm(
+        total=reader.metadata.num_rows, desc=f"tokenize {source.stem}", unit="review"
+    ) as progress:
+        for batch in reader.iter_batches(batch_size=params.batch_size, columns=["text", "label"]):
+            encoded = tokenizer(
+                batch.column("text").to_pylist(),
+                truncation=True,
+                max_length=params.max_length,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"]
+            ids = pa.array(encoded, type=pa.list_(ids_type))
+            writer.write_table(pa.Table.from_arrays([ids, batch.column("label")], schema=schema))
+            lengths = pc.list_value_length(ids)
+            rows += len(ids)
+            tokens += pc.sum(lengths).as_py() or 0
+            at_max_length += pc.sum(pc.equal(lengths, params.max_length)).as_py() or 0
+            progress.update(len(ids))
+    return rows, tokens, at_max_length
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--prepared", type=Path, required=True, help="input folder (data/prepared)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (data/tokenized)")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    started = time.perf_counter()
+    meta = run(params.model, params.tokenize, args.prepared, args.out)
+    log.info(
+        "tokenized %s in %.1fs: %s",
+        args.out, time.perf_counter() - started,
+        "; ".join(
+            f"{split} {meta['rows'][split]:,} rows, {meta['tokens'][split]:,} tokens, "
+            f"{meta['at_max_length'][split]:,} cut at {meta['max_length']}"
+            for split in SPLITS
+        ),
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)

