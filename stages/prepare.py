@@ -128,7 +128,7 @@ def _validated(frame: pd.DataFrame, source: str, params: DataParams) -> pd.DataF
     if bad_text.any():
         row = int(np.flatnonzero(bad_text)[0])
         raise DataError(
-            f"{source} row {row + 1}: text is empty, null or not a string ({text.iloc[row]!r}); "
+            f"{source} row {row + 1}: text is empty, null or not a string ({_plain(text.iloc[row])!r}); "
             f"every review needs non-empty text ({int(bad_text.sum())} such rows)"
         )
     labels = pd.to_numeric(frame["label"], errors="coerce")
@@ -136,11 +136,16 @@ def _validated(frame: pd.DataFrame, source: str, params: DataParams) -> pd.DataF
     if not in_range.all():
         row = int(np.flatnonzero(~in_range.to_numpy())[0])
         raise DataError(
-            f"{source} row {row + 1}: label {frame['label'].iloc[row]!r} is not an integer in "
+            f"{source} row {row + 1}: label {_plain(frame['label'].iloc[row])!r} is not an integer in "
             f"[0, {params.num_labels}) (data.num_labels = {params.num_labels}; "
             f"{int((~in_range).sum())} such rows)"
         )
     return pd.DataFrame({"text": text.astype(str).to_numpy(), "label": labels.astype("int64").to_numpy()})
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds, so messages read `7`, not `np.int64(7)`."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def _stratified_split(frame: pd.DataFrame, source: str, params: DataParams) -> dict[str, pd.DataFrame]:

