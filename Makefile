@@ -2,9 +2,11 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make test SETUP= PYTHON=/path/to/python` runs in an environment you already have.
+SETUP ?= setup
 
 # Stages run as `python -m stages.<name>` from dvc.yaml: put the venv's python first on PATH.
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PATH := $(abspath $(dir $(PYTHON))):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM ?= true
 
@@ -21,11 +23,17 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-repro: setup
+repro: $(SETUP)
 	dvc repro
 
-test: setup
+test: $(SETUP)
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The pull-request check, as CI runs it: smoke runs of BASE and of this checkout, then the gate.
+BASE ?= origin/main
+.PHONY: pr-check
+pr-check: $(SETUP)
+	$(PYTHON) -m stages.pr_check --base $(BASE) --report pr-check-report.md

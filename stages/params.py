@@ -99,6 +99,25 @@ class EvaluateParams:
     """Section `evaluate:` — batch prediction on the eval subset."""
 
     batch_size: int = field(metadata=_rule(ge=1))
+    profile: str
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """How the gate judges one metric: which way is better, and how much worse is tolerated."""
+
+    direction: str = field(metadata=_rule(choices=("higher", "lower")))
+    tolerance: float = field(metadata=_rule(ge=0))
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """Section `gate:` — read by `python -m stages.gate`, not by a pipeline stage."""
+
+    confidence: float = field(metadata=_rule(gt=0.5, lt=1))
+    bootstrap_samples: int = field(metadata=_rule(ge=100))
+    seed: int = field(metadata=_rule(ge=0))
+    metrics: dict[str, MetricRule]
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,7 @@ class Params:
     subset: SubsetParams
     train: TrainParams
     evaluate: EvaluateParams
+    gate: GateParams
 
 
 def load_params(path: Path = Path("params.yaml")) -> Params:
@@ -146,9 +166,18 @@ def _build(cls: type, raw: Any, path: Path, prefix: str) -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, raw[name], path, prefix=f"{key}.")
+        elif typing.get_origin(hint) is dict:
+            values[name] = _build_mapping(typing.get_args(hint)[1], raw[name], path, key)
         else:
             values[name] = _check_value(raw[name], hint, f.metadata, key, path)
     return cls(**values)
+
+
+def _build_mapping(cls: type, raw: Any, path: Path, key: str) -> dict[str, Any]:
+    """A mapping of names to sections of type `cls` (e.g. `gate.metrics.<name>`)."""
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError(f"{path}: {key} must be a non-empty mapping of names to settings, got {raw!r}")
+    return {str(name): _build(cls, value, path, prefix=f"{key}.{name}.") for name, value in raw.items()}
 
 
 def _check_value(value: Any, hint: Any, rule: typing.Mapping[str, Any], key: str, path: Path) -> Any:

@@ -14,6 +14,7 @@ tokenized once, so changing subset sizes never re-tokenizes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -80,32 +81,42 @@ def run(model: ModelParams, params: TokenizeParams, prepared_dir: Path, out_dir:
         "rows": {},
         "tokens": {},
         "at_max_length": {},
+        # What the reviews were, independent of the tokenizer: the gate uses it to make sure two
+        # runs were evaluated on the same examples.
+        "content_sha256": {},
     }
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
-            rows, tokens, at_max_length = _tokenize_split(
+            counts = _tokenize_split(
                 tokenizer, params, prepared_dir / f"{split}.parquet", tmp / f"{split}.parquet", ids_type
             )
-            meta["rows"][split], meta["tokens"][split], meta["at_max_length"][split] = rows, tokens, at_max_length
+            for key, value in counts.items():
+                meta[key][split] = value
         write_json(tmp / "meta.json", meta)
     return meta
 
 
 def _tokenize_split(
     tokenizer: PreTrainedTokenizerBase, params: TokenizeParams, source: Path, target: Path, ids_type: pa.DataType
-) -> tuple[int, int, int]:
+) -> dict[str, int | str]:
+    """Tokenize one split from `source` into `target`; return its row, token and truncation counts."""
     if not source.is_file():
         raise UserError(f"{source}: not found; run the prepare stage first (dvc repro prepare)")
     reader = pq.ParquetFile(source)
     schema = pa.schema([("input_ids", pa.list_(ids_type)), ("label", pa.int64())])
     rows = tokens = at_max_length = 0
+    # Separate digests of texts and labels, each fed per review, so batching cannot change them.
+    text_digest, label_digest = hashlib.sha256(), hashlib.sha256()
     # Batches stream from disk to disk, so memory stays flat however large the split is.
     with pq.ParquetWriter(target, schema) as writer, tqdm(
         total=reader.metadata.num_rows, desc=f"tokenize {source.stem}", unit="review"
     ) as progress:
         for batch in reader.iter_batches(batch_size=params.batch_size, columns=["text", "label"]):
+            texts = batch.column("text").to_pylist()
+            text_digest.update(("\x1e".join(texts) + "\x1e").encode())
+            label_digest.update(batch.column("label").to_numpy().astype("<i8").tobytes())
             encoded = tokenizer(
-                batch.column("text").to_pylist(),
+                texts,
                 truncation=True,
                 max_length=params.max_length,
                 return_attention_mask=False,
@@ -118,7 +129,9 @@ def _tokenize_split(
             tokens += pc.sum(lengths).as_py() or 0
             at_max_length += pc.sum(pc.equal(lengths, params.max_length)).as_py() or 0
             progress.update(len(ids))
-    return rows, tokens, at_max_length
+    return {"rows": rows, "tokens": tokens, "at_max_length": at_max_length, "content_sha256": hashlib.sha256(
+        text_digest.digest() + label_digest.digest()
+    ).hexdigest()}
 
 
 def main() -> None:

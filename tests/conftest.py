@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,26 @@ def run_cmd(args: list[str], cwd: Path, check: bool = True, timeout: float = 600
             f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
         )
     return result
+
+
+PROJECT_FILES = [
+    "dvc.yaml", "params.yaml", "stages", "profiles", "Makefile", ".dvcignore", "data/raw/.gitkeep", ".gitignore",
+]
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A fresh git + DVC repository holding this project's pipeline, with tiny params."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        source, target = REPO_ROOT / name, repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(source, target)
+    write_params(repo / "params.yaml", tiny_overrides(tiny_model_dir))
+    run_cmd(["git", "init", "-q", "-b", "main"], repo)
+    run_cmd(["dvc", "init", "-q"], repo)
+    return repo

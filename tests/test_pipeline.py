@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, run_cmd, tiny_overrides, write_params
+from conftest import run_cmd
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "data/raw/.gitkeep", ".dvcignore"]
 STAGES = ["prepare", "tokenize", "subset", "train", "evaluate"]
 
 
 def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '(\w+)'", output)
-
-
-@pytest.fixture
-def project(tmp_path: Path, tiny_model_dir: Path) -> Path:
-    """A fresh git + DVC repository holding this project's pipeline, with tiny params."""
-    repo = tmp_path / "project"
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        source, target = REPO_ROOT / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copyfile(source, target)
-    write_params(repo / "params.yaml", tiny_overrides(tiny_model_dir))
-    run_cmd(["git", "init", "-q", "-b", "main"], repo)
-    run_cmd(["dvc", "init", "-q"], repo)
-    return repo
 
 
 @pytest.mark.slow

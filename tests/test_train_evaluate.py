@@ -37,7 +37,8 @@ def test_train_then_evaluate(tiny_params: Params, subset_dir: Path, tmp_path: Pa
     assert pd.read_csv(tmp_path / "epochs.csv").equals(history)
 
     metrics = evaluate.run(
-        tiny_params.evaluate, tmp_path / "model", subset_dir, tmp_path / "metrics.json", tmp_path / "predictions.csv"
+        tiny_params.evaluate, tmp_path / "model", subset_dir,
+        tmp_path / "metrics.json", tmp_path / "predictions.csv", tmp_path / "info.json",
     )
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert set(metrics) == {"accuracy", "macro_f1", "eval_loss", "n_eval"}
@@ -48,14 +49,20 @@ def test_train_then_evaluate(tiny_params: Params, subset_dir: Path, tmp_path: Pa
     assert metrics["eval_loss"] == pytest.approx(history["eval_loss"].iloc[-1], abs=1e-4)
 
     predictions = pd.read_csv(tmp_path / "predictions.csv")
-    assert list(predictions.columns) == ["idx", "label", "prediction", "confidence"]
+    assert list(predictions.columns) == ["idx", "label", "prediction", "confidence", "loss"]
+    assert predictions["loss"].mean() == pytest.approx(metrics["eval_loss"], abs=1e-5)
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["profile"] == "full" and info["n_eval"] == 100 and len(info["eval_fingerprint"]) == 64
     assert len(predictions) == 100
     assert (predictions["label"] == predictions["prediction"]).mean() == pytest.approx(metrics["accuracy"])
     assert predictions["confidence"].between(0.2, 1.0).all()
 
     # Identical inputs give an identical metrics file.
-    evaluate.run(tiny_params.evaluate, tmp_path / "model", subset_dir, tmp_path / "again.json", tmp_path / "p2.csv")
+    evaluate.run(
+        tiny_params.evaluate, tmp_path / "model", subset_dir, tmp_path / "again.json", tmp_path / "p2.csv", tmp_path / "i2.json"
+    )
     assert (tmp_path / "again.json").read_bytes() == (tmp_path / "metrics.json").read_bytes()
+    assert (tmp_path / "i2.json").read_bytes() == (tmp_path / "info.json").read_bytes()
 
 
 def test_training_learns_the_synthetic_task(tiny_params: Params, tmp_path: Path) -> None:

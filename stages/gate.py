@@ -1,0 +1,380 @@
+"""The metric gate: does the candidate run lose quality against the base beyond noise?
+
+    python -m stages.gate --base origin/main          # base: the files committed at a git revision
+    python -m stages.gate --base-run /tmp/base-run    # base: the outputs of a run in a folder
+
+The candidate is the workspace (or `--candidate-run DIR`). Each side is `metrics.json`, the
+per-example `reports/predictions.csv` and `reports/eval_info.json` (what the metrics were computed on).
+
+For each metric in section `gate.metrics` of `params.yaml` (direction, absolute tolerance):
+- a change no worse than the tolerance passes;
+- a larger drop fails only if it is statistically significant: with predictions for the same eval
+  examples on both sides, by a seeded paired bootstrap (plus McNemar's exact test for accuracy);
+  otherwise accuracy gets a two-sample binomial interval; with `--seed-noise FILE` (from
+  `python -m stages.seeds`), the spread of the metric over training seeds is the noise instead;
+- a drop with no way to estimate its noise fails.
+
+Sides that cannot be compared (missing or unreadable metrics, different eval examples, different
+profiles) never pass. Exit status: 0 pass, 1 regression, 2 could not compare. The Markdown report
+goes to stdout and, with `--report FILE`, to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy import stats
+
+from stages.params import GateParams, MetricRule, ParamsError, load_params
+
+PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "reports/predictions.csv"
+INFO_FILE = "reports/eval_info.json"
+PARAMS_FILE = "params.yaml"
+
+
+class CannotCompare(Exception):
+    """The two sides cannot be compared; the message says why."""
+
+
+@dataclass(frozen=True)
+class Side:
+    """One run's outputs: its metrics, what they were computed on, and per-example predictions."""
+
+    name: str
+    metrics: dict[str, float]
+    info: dict[str, Any]
+    predictions: pd.DataFrame | None
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    name: str
+    base: float
+    candidate: float
+    interval: tuple[float, float] | None  # of candidate - base
+    method: str
+    p_value: float | None
+    tolerance: float
+    verdict: str  # "pass", "pass (within noise)", "regression"
+
+    @property
+    def delta(self) -> float:
+        return self.candidate - self.base
+
+
+# -- reading a side -------------------------------------------------------------------------------
+
+
+def read_from_git(revision: str, repo: Path = Path(".")) -> Side:
+    """The side committed at `revision`: read with `git show`, so no DVC cache is needed."""
+    resolved = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
+        cwd=repo, capture_output=True, text=True,
+    )
+    if resolved.returncode != 0:
+        raise CannotCompare(f"base revision {revision!r} is not a commit in this repository")
+
+    def show(path: str) -> str | None:
+        result = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=repo, capture_output=True, text=True)
+        return result.stdout if result.returncode == 0 else None
+
+    name = f"{revision} ({resolved.stdout.strip()[:10]})"
+    return _side(name, show(METRICS_FILE), show(INFO_FILE), show(PREDICTIONS_FILE), show(PARAMS_FILE))
+
+
+def read_from_dir(folder: Path, name: str | None = None) -> Side:
+    """The side held in a run's folder (a checkout or worktree after `dvc repro`)."""
+
+    def read(path: str) -> str | None:
+        target = folder / path
+        return target.read_text() if target.is_file() else None
+
+    return _side(name or str(folder), read(METRICS_FILE), read(INFO_FILE), read(PREDICTIONS_FILE), read(PARAMS_FILE))
+
+
+def _side(name: str, metrics_text: str | None, info_text: str | None, predictions_text: str | None, params_text: str | None) -> Side:
+    if metrics_text is None:
+        raise CannotCompare(f"{name}: {METRICS_FILE} is missing")
+    try:
+        metrics = json.loads(metrics_text)
+    except json.JSONDecodeError as err:
+        raise CannotCompare(f"{name}: {METRICS_FILE} is not valid JSON ({err})") from None
+    if not isinstance(metrics, dict) or not metrics:
+        raise CannotCompare(f"{name}: {METRICS_FILE} holds no metrics ({metrics_text.strip()[:40]!r})")
+    if info_text is None:
+        raise CannotCompare(
+            f"{name}: {INFO_FILE} is missing, so what its metrics were computed on is unknown; "
+            "rerun the evaluate stage there"
+        )
+    try:
+        info = json.loads(info_text)
+    except json.JSONDecodeError as err:
+        raise CannotCompare(f"{name}: {INFO_FILE} is not valid JSON ({err})") from None
+    predictions = None
+    if predictions_text is not None:
+        predictions = pd.read_csv(io.StringIO(predictions_text)).sort_values("idx").reset_index(drop=True)
+    params = yaml.safe_load(params_text) if params_text else {}
+    return Side(name, metrics, info, predictions, params if isinstance(params, dict) else {})
+
+
+# -- comparing ------------------------------------------------------------------------------------
+
+
+def check_comparable(base: Side, candidate: Side) -> None:
+    """Raise `CannotCompare` unless both sides were evaluated the same way on the same examples."""
+    for key, what in (("profile", "profiles"), ("eval_fingerprint", "eval examples")):
+        if base.info.get(key) != candidate.info.get(key):
+            raise CannotCompare(
+                f"the runs used different {what} ({key}: base {base.info.get(key)!r}, "
+                f"candidate {candidate.info.get(key)!r}); compare runs of the same profile on the same eval data"
+            )
+
+
+def compare(base: Side, candidate: Side, gate: GateParams, seed_noise: dict[str, Any] | None = None) -> list[MetricResult]:
+    """One result per gated metric. Raises `CannotCompare` when the sides do not match."""
+    check_comparable(base, candidate)
+    paired = _paired(base, candidate)
+    results = []
+    for name, rule in gate.metrics.items():
+        for side in (base, candidate):
+            if not isinstance(side.metrics.get(name), (int, float)):
+                raise CannotCompare(f"{side.name}: {METRICS_FILE} has no numeric {name!r} (gate.metrics.{name})")
+        results.append(_judge(name, rule, base, candidate, paired, gate, seed_noise))
+    return results
+
+
+def _paired(base: Side, candidate: Side) -> bool:
+    if base.predictions is None or candidate.predictions is None:
+        return False
+    same_rows = base.predictions["idx"].equals(candidate.predictions["idx"]) and base.predictions["label"].equals(
+        candidate.predictions["label"]
+    )
+    if not same_rows:
+        raise CannotCompare("the predictions files hold different eval examples although their fingerprints match")
+    return True
+
+
+def _judge(
+    name: str,
+    rule: MetricRule,
+    base: Side,
+    candidate: Side,
+    paired: bool,
+    gate: GateParams,
+    seed_noise: dict[str, Any] | None,
+) -> MetricResult:
+    b, c = float(base.metrics[name]), float(candidate.metrics[name])
+    z = stats.norm.ppf(0.5 + gate.confidence / 2)
+    interval, method, p_value = None, "no interval", None
+    if seed_noise and name in seed_noise:
+        spread = float(seed_noise[name]["std"]) * np.sqrt(2.0)  # the difference of two seeded runs
+        interval, method = (c - b - z * spread, c - b + z * spread), f"seed spread (n={seed_noise[name]['n']})"
+    elif paired and name in PER_EXAMPLE:
+        deltas = _bootstrap_deltas(name, base.predictions, candidate.predictions, gate)
+        tail = (1 - gate.confidence) / 2 * 100
+        interval = (float(np.percentile(deltas, tail)), float(np.percentile(deltas, 100 - tail)))
+        method = f"paired bootstrap ({gate.bootstrap_samples:,})"
+        if name == "accuracy":
+            p_value = mcnemar_p(base.predictions, candidate.predictions)
+    elif name == "accuracy":
+        nb, nc = int(base.info["n_eval"]), int(candidate.info["n_eval"])
+        se = np.sqrt(b * (1 - b) / nb + c * (1 - c) / nc)
+        interval, method = (c - b - z * se, c - b + z * se), "binomial"
+
+    worse = (b - c) if rule.direction == "higher" else (c - b)
+    if worse <= rule.tolerance + 1e-12:
+        verdict = "pass"
+    elif interval is None:
+        verdict = "regression"
+    else:
+        significant = interval[1] < 0 if rule.direction == "higher" else interval[0] > 0
+        verdict = "regression" if significant else "pass (within noise)"
+    return MetricResult(name, b, c, interval, method, p_value, rule.tolerance, verdict)
+
+
+def _per_example_accuracy(predictions: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    correct = (predictions["prediction"] == predictions["label"]).to_numpy()
+    return correct[rows].mean(axis=1)
+
+
+def _per_example_loss(predictions: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    return predictions["loss"].to_numpy()[rows].mean(axis=1)
+
+
+def _per_example_macro_f1(predictions: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    labels = predictions["label"].to_numpy()[rows]
+    predicted = predictions["prediction"].to_numpy()[rows]
+    classes = np.unique(predictions["label"])
+    scores = []
+    for c in classes:
+        tp = ((predicted == c) & (labels == c)).sum(axis=1)
+        fp = ((predicted == c) & (labels != c)).sum(axis=1)
+        fn = ((predicted != c) & (labels == c)).sum(axis=1)
+        denominator = 2 * tp + fp + fn
+        scores.append(np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0))
+    return np.mean(scores, axis=0)
+
+
+PER_EXAMPLE = {"accuracy": _per_example_accuracy, "eval_loss": _per_example_loss, "macro_f1": _per_example_macro_f1}
+
+
+def _bootstrap_deltas(name: str, base: pd.DataFrame, candidate: pd.DataFrame, gate: GateParams) -> np.ndarray:
+    """Candidate minus base on the same resamples of the eval examples (seeded: same verdict every run)."""
+    rng = np.random.default_rng(gate.seed)
+    rows = rng.integers(0, len(base), size=(gate.bootstrap_samples, len(base)))
+    metric = PER_EXAMPLE[name]
+    return metric(candidate, rows) - metric(base, rows)
+
+
+def mcnemar_p(base: pd.DataFrame, candidate: pd.DataFrame) -> float:
+    """Exact McNemar test: are the examples only one side gets right split unevenly?"""
+    base_right = (base["prediction"] == base["label"]).to_numpy()
+    cand_right = (candidate["prediction"] == candidate["label"]).to_numpy()
+    only_base, only_cand = int((base_right & ~cand_right).sum()), int((~base_right & cand_right).sum())
+    if only_base + only_cand == 0:
+        return 1.0
+    return float(stats.binomtest(only_base, only_base + only_cand, 0.5).pvalue)
+
+
+# -- reporting ------------------------------------------------------------------------------------
+
+
+def changed_params(base: dict[str, Any], candidate: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, base value, candidate value) for every params key that differs, dotted keys."""
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(tree, dict):
+            return {prefix.rstrip("."): tree}
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}."))
+        return out
+
+    b, c = flat(base), flat(candidate)
+    missing = "(absent)"
+    return [(key, b.get(key, missing), c.get(key, missing)) for key in sorted(b.keys() | c.keys()) if b.get(key, missing) != c.get(key, missing)]
+
+
+def render_report(
+    base: Side | None,
+    candidate: Side | None,
+    results: list[MetricResult],
+    status: int,
+    reason: str | None = None,
+    confidence: float = 0.95,
+) -> str:
+    title = {PASS: "PASS", REGRESSION: "FAIL: regression", CANNOT_COMPARE: "FAIL: cannot compare"}[status]
+    lines = [f"## Metric gate: {title}", ""]
+    if base is not None and candidate is not None:
+        lines += [
+            f"Base: `{base.name}` · Candidate: `{candidate.name}` · "
+            f"profile `{candidate.info.get('profile')}` · {candidate.info.get('n_eval')} eval examples",
+            "",
+        ]
+    if reason:
+        lines += [f"**Could not compare:** {reason}", ""]
+    if base is not None and candidate is not None:
+        changes = changed_params(base.params, candidate.params)
+        lines += ["### Params changed", ""]
+        if changes:
+            lines += ["| param | base | candidate |", "| --- | --- | --- |"]
+            lines += [f"| `{key}` | {b} | {c} |" for key, b, c in changes]
+        else:
+            lines += ["None."]
+        lines.append("")
+    if results:
+        lines += [
+            "### Metrics",
+            "",
+            f"| metric | base | candidate | delta | {confidence:.0%} interval of delta | test | tolerance | verdict |",
+            "| --- | ---: | ---: | ---: | --- | --- | ---: | --- |",
+        ]
+        for r in results:
+            interval = f"[{r.interval[0]:+.4f}, {r.interval[1]:+.4f}]" if r.interval else "n/a"
+            test = r.method + (f", McNemar p={r.p_value:.3g}" if r.p_value is not None else "")
+            verdict = "**regression**" if r.verdict == "regression" else r.verdict
+            lines.append(
+                f"| {r.name} | {r.base:.4f} | {r.candidate:.4f} | {r.delta:+.4f} | {interval} | {test} | "
+                f"{r.tolerance:g} | {verdict} |"
+            )
+        lines.append("")
+        lines += ["### Verdict", "", _verdict_sentence(results), ""]
+    return "\n".join(lines)
+
+
+def _verdict_sentence(results: list[MetricResult]) -> str:
+    failed = [r.name for r in results if r.verdict == "regression"]
+    noisy = [r.name for r in results if r.verdict == "pass (within noise)"]
+    if failed:
+        return f"Regression in {', '.join(failed)}: a drop beyond the tolerance that is larger than the noise."
+    if noisy:
+        return f"Pass. {', '.join(noisy)} dropped beyond the tolerance, but within the noise (not significant)."
+    return "Pass: no metric dropped beyond its tolerance."
+
+
+def run(
+    gate: GateParams,
+    base_revision: str | None,
+    base_run: Path | None,
+    candidate_run: Path | None,
+    seed_noise_file: Path | None = None,
+    names: tuple[str, str] | None = None,
+) -> tuple[int, str]:
+    """Compare; return the exit status and the Markdown report. `names` label (base, candidate)."""
+    base = candidate = None
+    base_name, candidate_name = names or (str(base_run), str(candidate_run) if candidate_run else "workspace")
+    try:
+        candidate = read_from_dir(candidate_run or Path("."), name=candidate_name)
+        base = read_from_dir(base_run, name=base_name) if base_run else read_from_git(base_revision or "HEAD")
+        seed_noise = _read_seed_noise(seed_noise_file) if seed_noise_file else None
+        results = compare(base, candidate, gate, seed_noise)
+    except CannotCompare as err:
+        return CANNOT_COMPARE, render_report(base, candidate, [], CANNOT_COMPARE, str(err), gate.confidence)
+    status = REGRESSION if any(r.verdict == "regression" for r in results) else PASS
+    return status, render_report(base, candidate, results, status, confidence=gate.confidence)
+
+
+def _read_seed_noise(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())["metrics"]
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise CannotCompare(f"{path}: cannot read the seed spread ({type(err).__name__}: {err})") from None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--base", help="git revision whose committed metrics are the base (e.g. origin/main)")
+    source.add_argument("--base-run", type=Path, help="folder of a run whose outputs are the base")
+    parser.add_argument("--candidate-run", type=Path, help="folder of the candidate run (default: the workspace)")
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params file with the gate section")
+    parser.add_argument("--seed-noise", type=Path, help="seed spread from `python -m stages.seeds` (JSON)")
+    parser.add_argument("--report", type=Path, help="also write the Markdown report here")
+    args = parser.parse_args()
+    try:
+        gate = load_params(args.params).gate
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return CANNOT_COMPARE
+    status, report = run(gate, args.base, args.base_run, args.candidate_run, args.seed_noise)
+    print(report)
+    if args.report:
+        args.report.write_text(report + "\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

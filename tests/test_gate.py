@@ -1,0 +1,175 @@
+"""The metric gate on fixture runs: regressions fail, noise passes, incomparable runs never pass."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO_ROOT, run_cmd
+from stages import gate
+from stages.params import load_params
+
+N = 1000
+GATE = load_params(REPO_ROOT / "params.yaml").gate
+
+
+def write_run(
+    folder: Path,
+    correct: np.ndarray,
+    *,
+    profile: str = "full",
+    fingerprint: str = "f" * 64,
+    params: str | None = None,
+    with_predictions: bool = True,
+) -> Path:
+    """A run's outputs as evaluate writes them: `correct[i]` says whether example i was right."""
+    labels = np.random.default_rng(0).integers(0, 5, size=len(correct))
+    predictions = np.where(correct, labels, (labels + 1) % 5)
+    loss = np.where(correct, 0.5, 1.5)
+    (folder / "reports").mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"idx": np.arange(len(correct)), "label": labels, "prediction": predictions,
+                          "confidence": 0.5, "loss": loss})
+    if with_predictions:
+        frame.to_csv(folder / "reports" / "predictions.csv", index=False)
+    from sklearn.metrics import f1_score
+
+    metrics = {"accuracy": float(correct.mean()), "macro_f1": float(f1_score(labels, predictions, average="macro")),
+               "eval_loss": float(loss.mean()), "n_eval": len(correct)}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "reports" / "eval_info.json").write_text(
+        json.dumps({"profile": profile, "n_eval": len(correct), "eval_fingerprint": fingerprint})
+    )
+    (folder / "params.yaml").write_text(params or (REPO_ROOT / "params.yaml").read_text())
+    return folder
+
+
+def base_correct() -> np.ndarray:
+    correct = np.zeros(N, dtype=bool)
+    correct[:600] = True
+    return correct
+
+
+def flipped(correct: np.ndarray, to_wrong: int, to_right: int) -> np.ndarray:
+    """`correct` with `to_wrong` right answers made wrong and `to_right` wrong ones made right."""
+    out = correct.copy()
+    out[np.flatnonzero(correct)[:to_wrong]] = False
+    out[np.flatnonzero(~correct)[:to_right]] = True
+    return out
+
+
+def judge(tmp_path: Path, candidate: np.ndarray, **kwargs) -> tuple[int, str]:
+    base = write_run(tmp_path / "base", base_correct())
+    cand = write_run(tmp_path / "cand", candidate, **kwargs)
+    return gate.run(GATE, None, base, cand)
+
+
+def test_clear_regression_fails(tmp_path: Path) -> None:
+    status, report = judge(tmp_path, flipped(base_correct(), to_wrong=150, to_right=0))
+    assert status == gate.REGRESSION
+    assert "## Metric gate: FAIL: regression" in report
+    assert "| accuracy | 0.6000 | 0.4500 | -0.1500 |" in report
+    assert "McNemar p=" in report and "**regression**" in report
+
+
+def test_drop_within_noise_passes_and_says_so(tmp_path: Path) -> None:
+    # 15 fewer right answers out of 1,000, with 119 examples changing: beyond the 0.01 tolerance,
+    # but the paired interval includes zero.
+    status, report = judge(tmp_path, flipped(base_correct(), to_wrong=67, to_right=52))
+    assert status == gate.PASS, report
+    assert "| accuracy | 0.6000 | 0.5850 | -0.0150 |" in report
+    assert "pass (within noise)" in report
+    assert "within the noise (not significant)" in report
+
+
+def test_same_drop_with_few_changed_examples_is_significant(tmp_path: Path) -> None:
+    # The same -0.015, but every change goes one way: the paired test sees it is real.
+    status, report = judge(tmp_path, flipped(base_correct(), to_wrong=15, to_right=0))
+    assert status == gate.REGRESSION, report
+
+
+def test_improvement_passes(tmp_path: Path) -> None:
+    status, report = judge(tmp_path, flipped(base_correct(), to_wrong=0, to_right=80))
+    assert status == gate.PASS
+    assert "| accuracy | 0.6000 | 0.6800 | +0.0800 |" in report
+    assert "Pass: no metric dropped beyond its tolerance." in report
+
+
+def test_without_predictions_accuracy_gets_a_binomial_interval(tmp_path: Path) -> None:
+    status, report = judge(tmp_path, flipped(base_correct(), to_wrong=20, to_right=0), with_predictions=False)
+    # -0.02 over 1,000 unpaired examples is within the binomial noise (about +-0.043) ...
+    assert status == gate.PASS, report
+    assert "binomial" in report
+    # ... but a metric with no interval fails once it drops beyond its tolerance.
+    status, report = judge(tmp_path, flipped(base_correct(), to_wrong=100, to_right=0), with_predictions=False)
+    assert status == gate.REGRESSION
+
+
+@pytest.mark.parametrize(
+    ("metrics_text", "reason"),
+    [
+        ("{}", "metrics.json holds no metrics ('{}')"),
+        ("not json", "metrics.json is not valid JSON"),
+        (None, "metrics.json is missing"),
+    ],
+)
+def test_missing_or_empty_metrics_cannot_compare(tmp_path: Path, metrics_text: str | None, reason: str) -> None:
+    base = write_run(tmp_path / "base", base_correct())
+    cand = write_run(tmp_path / "cand", base_correct())
+    if metrics_text is None:
+        (base / "metrics.json").unlink()
+    else:
+        (base / "metrics.json").write_text(metrics_text)
+    status, report = gate.run(GATE, None, base, cand)
+    assert status == gate.CANNOT_COMPARE
+    assert f"**Could not compare:** {base}: {reason}" in report
+
+
+def test_different_eval_data_or_profile_cannot_compare(tmp_path: Path) -> None:
+    status, report = judge(tmp_path, base_correct(), fingerprint="0" * 64)
+    assert status == gate.CANNOT_COMPARE
+    assert "the runs used different eval examples (eval_fingerprint: base 'fff" in report
+    status, report = judge(tmp_path, base_correct(), profile="smoke")
+    assert status == gate.CANNOT_COMPARE
+    assert "the runs used different profiles (profile: base 'full', candidate 'smoke')" in report
+
+
+def test_report_lists_changed_params(tmp_path: Path) -> None:
+    params = (REPO_ROOT / "params.yaml").read_text().replace("learning_rate: 5.0e-05", "learning_rate: 3.0e-05")
+    _, report = judge(tmp_path, base_correct(), params=params)
+    assert "| `train.learning_rate` | 5e-05 | 3e-05 |" in report
+
+
+def test_seed_spread_replaces_the_binomial_noise(tmp_path: Path) -> None:
+    noise = tmp_path / "seeds.json"
+    noise.write_text(json.dumps({"metrics": {"accuracy": {"mean": 0.6, "std": 0.002, "n": 5}}}))
+    base = write_run(tmp_path / "base", base_correct())
+    cand = write_run(tmp_path / "cand", flipped(base_correct(), to_wrong=20, to_right=0), with_predictions=False)
+    status, report = gate.run(GATE, None, base, cand, seed_noise_file=noise)
+    # With seeds agreeing to +-0.002, a 0.02 drop is far outside the noise.
+    assert status == gate.REGRESSION, report
+    assert "seed spread (n=5)" in report
+
+
+def test_base_from_a_git_revision_and_the_cli_exit_codes(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    write_run(repo, base_correct())
+    run_cmd(["git", "init", "-q", "-b", "main"], repo)
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "commit", "-qm", "baseline"], repo)
+    write_run(repo, flipped(base_correct(), to_wrong=150, to_right=0))
+
+    command = [sys.executable, "-m", "stages.gate", "--base", "main", "--params", str(REPO_ROOT / "params.yaml")]
+    result = subprocess.run([*command, "--report", str(tmp_path / "r.md")], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert "Base: `main (" in result.stdout and "| accuracy | 0.6000 | 0.4500 |" in result.stdout
+    assert (tmp_path / "r.md").read_text().strip() == result.stdout.strip()
+
+    result = subprocess.run([*command[:4], "no-such-rev", *command[5:]], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "base revision 'no-such-rev' is not a commit in this repository" in result.stdout

@@ -1,0 +1,80 @@
+"""The pull-request check end to end: `make pr-check BASE=main`, exactly as the workflow calls it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, run_cmd, stage_env
+
+# Enough for the tiny BERT to learn well above chance in seconds, so a broken recipe shows.
+TEST_PROFILE = {
+    "data": {"synthetic_train_size": 1500, "synthetic_test_size": 300},
+    "subset": {"train_size": 1500, "eval_size": 300},
+    "train": {"epochs": 3, "batch_size": 32},
+    "evaluate": {"profile": "smoke"},
+}
+
+
+def pr_check(repo: Path, base: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "--no-print-directory", "pr-check", f"BASE={base}", "SETUP=", f"PYTHON={sys.executable}"],
+        cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=600,
+    )
+
+
+def set_param(repo: Path, section: str, key: str, value: object) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.slow
+def test_pr_check_fails_a_real_regression_and_passes_a_comment_change(project: Path) -> None:
+    (project / "profiles" / "smoke.yaml").write_text(yaml.safe_dump(TEST_PROFILE))
+    set_param(project, "train", "learning_rate", 0.002)
+    run_cmd(["git", "add", "-A"], project)
+    run_cmd(["git", "commit", "-qm", "baseline"], project)
+
+    # A change that really hurts: no learning at all.
+    run_cmd(["git", "checkout", "-q", "-b", "no-learning"], project)
+    set_param(project, "train", "learning_rate", 0.0)
+    run_cmd(["git", "commit", "-qam", "learning rate 0"], project)
+    hurt = pr_check(project, "main")
+    report = (project / "pr-check-report.md").read_text()
+    assert hurt.returncode != 0, hurt.stdout + hurt.stderr
+    assert "## Metric gate: FAIL: regression" in report, report
+    assert "| `train.learning_rate` | 0.002 | 0.0 |" in report
+    assert "**regression**" in report and "McNemar p=" in report
+    assert "Smoke profile (profiles/smoke.yaml)" in report
+
+    # A change to a comment only: the same numbers on both sides, a pass.
+    run_cmd(["git", "checkout", "-q", "main"], project)
+    run_cmd(["git", "checkout", "-q", "-b", "comment-only"], project)
+    dvc_yaml = project / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("# The pipeline:", "# The whole pipeline:", 1))
+    run_cmd(["git", "commit", "-qam", "reword a comment"], project)
+    same = pr_check(project, "main")
+    report = (project / "pr-check-report.md").read_text()
+    assert same.returncode == 0, report + same.stderr
+    assert "## Metric gate: PASS" in report
+    assert "+0.0000" in report and "Params changed\n\nNone." in report
+    # Worktrees are cleaned up.
+    assert run_cmd(["git", "worktree", "list"], project).stdout.count("\n") == 1
+
+
+def test_workflows_match_the_github_schema() -> None:
+    workflows = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
+    assert [w.name for w in workflows] == ["full-profile.yml", "pr-check.yml"]
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+         *map(str, workflows)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validation done" in result.stdout
+    assert "make pr-check BASE=origin/${{ github.base_ref }}" in (REPO_ROOT / ".github/workflows/pr-check.yml").read_text()
