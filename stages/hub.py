@@ -86,8 +86,8 @@ def _hub_snapshot(repo_id: str, revision: str | None, repo_type: str) -> str:
         return huggingface_hub.snapshot_download(
             repo_id, revision=revision, repo_type=repo_type, allow_patterns=patterns, local_files_only=True
         )
-    except Exception:  # noqa: BLE001 - any cache miss means we must go to the Hub.
-        pass
+    except huggingface_hub.errors.LocalEntryNotFoundError:
+        pass  # not in the cache: go to the Hub
     ensure_hub_reachable(f"{repo_type} {repo_id!r}")
     try:
         return huggingface_hub.snapshot_download(
