@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from stages.params import GateParams, MetricRule, ParamsError, load_params
+from stages.params import GateParams, MetricRule, ParamsError, flatten, load_params
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
 METRICS_FILE = "metrics.json"
@@ -254,16 +254,7 @@ def mcnemar_p(base: pd.DataFrame, candidate: pd.DataFrame) -> float:
 
 def changed_params(base: dict[str, Any], candidate: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, base value, candidate value) for every params key that differs, dotted keys."""
-
-    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(tree, dict):
-            return {prefix.rstrip("."): tree}
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(flat(value, f"{prefix}{key}."))
-        return out
-
-    b, c = flat(base), flat(candidate)
+    b, c = flatten(base), flatten(candidate)
     missing = "(absent)"
     return [(key, b.get(key, missing), c.get(key, missing)) for key in sorted(b.keys() | c.keys()) if b.get(key, missing) != c.get(key, missing)]
 

@@ -133,6 +133,16 @@ class Params:
     gate: GateParams
 
 
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested params mapping as `{"section.key": value}`, the dotted keys `dvc exp run -S` takes."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}{key}."))
+    return flat
+
+
 def load_params(path: Path = Path("params.yaml")) -> Params:
     """Read and validate `path`; raise `ParamsError` naming the first problem found."""
     if not path.is_file():

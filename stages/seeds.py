@@ -23,24 +23,16 @@ from typing import Any
 import numpy as np
 
 from stages.outputs import write_json
+from stages.params import flatten
 
 SEED_KEY = "train.seed"
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}."))
-    return out
 
 
 def _run_data(rev: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
     data = rev.get("data") or {}
     params = (data.get("params") or {}).get("params.yaml", {}).get("data")
     metrics = (data.get("metrics") or {}).get("metrics.json", {}).get("data")
-    return (_flat(params), metrics) if params and metrics else None
+    return (flatten(params), metrics) if params and metrics else None
 
 
 def summarize(exp_show: list[dict[str, Any]]) -> dict[str, Any]:
