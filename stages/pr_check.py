@@ -17,6 +17,7 @@ The Markdown report goes to stdout and `--report`; the exit status is the gate's
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -81,6 +82,20 @@ def smoke_run(side: Path, profile: dict[str, dict[str, Any]], log_file: Path) ->
     return time.perf_counter() - started
 
 
+def base_at_chance(base_dir: Path) -> str | None:
+    """Why the base's smoke run cannot reveal a regression (it learned nothing), or None."""
+    metrics = json.loads((base_dir / "metrics.json").read_text())
+    num_labels = yaml.safe_load((base_dir / "params.yaml").read_text())["data"]["num_labels"]
+    chance, n = 1 / num_labels, metrics["n_eval"]
+    # Three standard errors above chance: a model that learned anything clears it easily.
+    if metrics["accuracy"] < chance + 3 * (chance * (1 - chance) / n) ** 0.5:
+        return (
+            f"the base's smoke run is at chance (accuracy {metrics['accuracy']:.3f} with {num_labels} labels), "
+            "so no regression could show; raise the sizes in the smoke profile"
+        )
+    return None
+
+
 def committed_metrics_diff(repo: Path, base: str) -> str:
     """`dvc metrics diff BASE HEAD --md`: the full-profile metrics the branch commits, for reference."""
     result = subprocess.run(["dvc", "metrics", "diff", base, "HEAD", "--md"], cwd=repo, capture_output=True, text=True)
@@ -113,6 +128,11 @@ def run(repo: Path, base: str, profile_file: Path, work: Path) -> tuple[int, str
         status, report = gate.run(
             gate_params, None, sides["base"], sides["head"], names=(f"{base} (smoke run)", "HEAD (smoke run)")
         )
+        at_chance = base_at_chance(sides["base"])
+        if at_chance and status == gate.PASS:
+            status = gate.CANNOT_COMPARE
+            report = report.replace("## Metric gate: PASS", "## Metric gate: FAIL: cannot compare", 1)
+            report += f"\n**Could not compare:** {at_chance}\n"
     except SideFailed as err:
         status, report = gate.CANNOT_COMPARE, f"## Metric gate: FAIL: cannot compare\n\n**Could not compare:** {err}\n"
     finally:

@@ -78,3 +78,16 @@ def test_workflows_match_the_github_schema() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validation done" in result.stdout
     assert "make pr-check BASE=origin/${{ github.base_ref }}" in (REPO_ROOT / ".github/workflows/pr-check.yml").read_text()
+
+
+def test_a_base_smoke_run_at_chance_is_refused(tmp_path: Path) -> None:
+    from stages.pr_check import base_at_chance
+
+    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    (tmp_path / "metrics.json").write_text('{"accuracy": 0.178, "n_eval": 500}')
+    assert base_at_chance(tmp_path) == (
+        "the base's smoke run is at chance (accuracy 0.178 with 5 labels), so no regression could show; "
+        "raise the sizes in the smoke profile"
+    )
+    (tmp_path / "metrics.json").write_text('{"accuracy": 0.52, "n_eval": 500}')
+    assert base_at_chance(tmp_path) is None
