@@ -180,8 +180,11 @@ def _judge(
     z = stats.norm.ppf(0.5 + gate.confidence / 2)
     interval, method, p_value = None, "no interval", None
     if seed_noise and name in seed_noise:
+        n = int(seed_noise[name]["n"])
+        # Student's t, not z: a spread measured on a handful of seeds is itself uncertain.
+        t = stats.t.ppf(0.5 + gate.confidence / 2, df=max(n - 1, 1))
         spread = float(seed_noise[name]["std"]) * np.sqrt(2.0)  # the difference of two seeded runs
-        interval, method = (c - b - z * spread, c - b + z * spread), f"seed spread (n={seed_noise[name]['n']})"
+        interval, method = (c - b - t * spread, c - b + t * spread), f"seed spread (n={n})"
     elif paired and name in PER_EXAMPLE:
         deltas = _bootstrap_deltas(name, base.predictions, candidate.predictions, gate)
         tail = (1 - gate.confidence) / 2 * 100

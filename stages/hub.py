@@ -14,12 +14,14 @@ says what to do, instead of letting the hub client retry for a minute.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 from pathlib import Path
 
 import requests
 
 from stages.cli import UserError
+from stages.params import ModelParams
 
 PACKAGE_PREFIX = "package:"
 PROBE_TIMEOUT_S = 5.0
@@ -41,12 +43,44 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
+def model_dir(model: ModelParams) -> Path:
+    """The local folder of `model.name`, refused if it needs remote code that params do not allow."""
+    folder = resolve_model(model.name, model.revision)
+    if not model.trust_remote_code:
+        refuse_remote_code(folder, model.name)
+    return folder
+
+
+def refuse_remote_code(folder: Path, name: str) -> None:
+    """Stop before transformers sees a model whose config needs its own Python code to load.
+
+    A config with `auto_map` but a model type transformers knows loads with the built-in code (the
+    map is ignored), so only an unknown model type needs the model's code.
+    """
+    from transformers import CONFIG_MAPPING
+
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+        raise UserError(
+            f"model.name = {name!r}: needs its own code (config.json's auto_map) to load; "
+            "read that code, then set model.trust_remote_code: true to run it"
+        )
+
+
 def resolve_model(name: str, revision: str | None) -> Path:
     """Return a local folder holding the model `name`, downloading it from the Hub if needed."""
     if name.startswith(PACKAGE_PREFIX):
         return packaged_model_dir(name.removeprefix(PACKAGE_PREFIX))
     local = Path(name).expanduser()
-    if local.exists() or name.startswith((".", "/", "~")):
+    parts = local.parts
+    # `models/mine` is a path when `models/` is here: a Hub id's owner is not a local folder.
+    looks_local = name.startswith((".", "/", "~")) or (len(parts) > 1 and Path(parts[0]).is_dir())
+    if not local.exists() and looks_local:
+        raise ModelNotFoundError(
+            f"model.name = {name!r}: folder {local} does not exist "
+            "(expected a Hugging Face model folder with config.json)"
+        )
+    if local.exists():
         if not (local / "config.json").is_file():
             raise ModelNotFoundError(
                 f"model.name = {name!r}: {local} is not a model folder "

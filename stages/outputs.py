@@ -1,7 +1,8 @@
 """Write stage outputs atomically: to a temporary sibling first, then rename into place.
 
 A stage that crashes half-way leaves its previous output (or nothing) at the final path, never a
-half-written file or folder.
+half-written file or folder. A process killed outright (SIGKILL) cannot clean up its temporary
+sibling; the next write to the same path removes it (its name carries the dead process's id).
 """
 
 from __future__ import annotations
@@ -16,11 +17,34 @@ from pathlib import Path
 from typing import Any
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_leftovers(path: Path) -> None:
+    """Remove the temporary siblings of `path` that a killed process left behind (its pid is gone)."""
+    for leftover in path.parent.glob(f".{path.name}.*-*"):
+        kind, _, rest = leftover.name.removeprefix(f".{path.name}.").partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _pid_alive(int(pid)):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces `path` whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _sweep_leftovers(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
         old = None
@@ -39,7 +63,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    _sweep_leftovers(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:

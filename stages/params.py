@@ -92,6 +92,7 @@ class TrainParams:
     max_steps: int | None = field(metadata=_rule(ge=1))
     logging_steps: int = field(metadata=_rule(ge=1))
     group_by_length: bool
+    save_steps: int | None = field(metadata=_rule(ge=1))
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,13 @@ profile (`profiles/smoke.yaml`: sizes only) on the same eval examples:
 
 1. a git worktree of BASE, and one of HEAD with the working tree's uncommitted changes laid on top;
 2. in each, the smoke sizes override that side's own `params.yaml` (every other param is the side's
-   own, so a change to the recipe shows), then `dvc repro`;
+   own, so a change to the recipe shows), then `dvc repro`, sharing the repository's DVC cache (and
+   run cache), so stages that already ran with the same inputs are restored, not rerun;
 3. `stages.gate` compares head against base (`--base-run`), with paired tests;
-4. the committed full-profile metrics (`dvc metrics diff BASE HEAD`) are shown beside it, not gated.
+4. if the paired test finds a regression, the base reruns with a few more training seeds and the
+   gate judges the change against the spread of those runs instead: the paired test holds both models
+   fixed, so on its own it would fail a change that only moves the training seed;
+5. the committed full-profile metrics (`dvc metrics diff BASE HEAD`) are shown beside it, not gated.
 
 The Markdown report goes to stdout and `--report`; the exit status is the gate's (0 pass,
 1 regression, 2 could not compare, including a side whose pipeline failed).
@@ -29,10 +33,13 @@ from typing import Any
 
 import yaml
 
-from stages import gate
-from stages.params import ParamsError, load_params
+from stages import gate, seeds
+from stages.outputs import write_json
+from stages.params import GateParams, ParamsError, load_params
 
 DEFAULT_PROFILE = Path("profiles/smoke.yaml")
+DEFAULT_CONFIRM_SEEDS = 3
+RUN_FILES = (gate.METRICS_FILE, gate.PREDICTIONS_FILE, gate.INFO_FILE, gate.PARAMS_FILE)
 
 
 class SideFailed(Exception):
@@ -67,15 +74,29 @@ def head_worktree(repo: Path, target: Path) -> None:
             dest.unlink()  # deleted in the working tree
 
 
-def smoke_run(side: Path, profile: dict[str, dict[str, Any]], log_file: Path) -> float:
-    """Run the pipeline at the smoke sizes in `side`; return its wall time in seconds."""
-    apply_profile(side / "params.yaml", profile)
+def dvc_env() -> dict[str, str]:
+    """This python's `dvc` (and stages) first on PATH, as `make` sets it."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+def share_cache(repo: Path, side: Path) -> None:
+    """Point `side`'s DVC cache at the repository's, so its run cache serves repeated smoke runs:
+    a second check against the same base, or a head whose data stages did not change, reruns only
+    what changed."""
+    cache = subprocess.run(["dvc", "cache", "dir"], cwd=repo, env=dvc_env(), capture_output=True, text=True)
+    if cache.returncode == 0 and cache.stdout.strip():
+        subprocess.run(["dvc", "cache", "dir", "--local", cache.stdout.strip()], cwd=side, env=dvc_env(), capture_output=True)
+
+
+def smoke_run(side: Path, profile: dict[str, dict[str, Any]], log_file: Path) -> float:
+    """Run the pipeline at the smoke sizes in `side`; return its wall time in seconds."""
+    apply_profile(side / "params.yaml", profile)
     started = time.perf_counter()
     with log_file.open("w") as log:
-        result = subprocess.run(["dvc", "repro"], cwd=side, env=env, stdout=log, stderr=subprocess.STDOUT)
+        result = subprocess.run(["dvc", "repro"], cwd=side, env=dvc_env(), stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         tail = "\n".join(log_file.read_text().strip().splitlines()[-15:])
         raise SideFailed(f"`dvc repro` failed in {side.name} (exit {result.returncode}); end of its log:\n```\n{tail}\n```")
@@ -96,6 +117,51 @@ def base_at_chance(base_dir: Path) -> str | None:
     return None
 
 
+def snapshot(side: Path, dest: Path) -> Path:
+    """Copy the files the gate reads from a run, so that later runs in the same folder leave them be."""
+    for name in RUN_FILES:
+        if (side / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(side / name, dest / name)
+    return dest
+
+
+def base_seed_spread(base_dir: Path, extra_seeds: int, work: Path) -> dict[str, Any]:
+    """Rerun the base's smoke run with `extra_seeds` more training seeds; the spread of its metrics.
+
+    Only train and evaluate rerun: the data stages are unchanged and DVC skips them.
+    """
+    first_seed = int(yaml.safe_load((base_dir / "params.yaml").read_text())["train"]["seed"])
+    by_seed = {first_seed: json.loads((base_dir / gate.METRICS_FILE).read_text())}
+    for seed in range(first_seed + 1, first_seed + 1 + extra_seeds):
+        smoke_run(base_dir, {"train": {"seed": seed}}, work / f"base-seed-{seed}.log")
+        by_seed[seed] = json.loads((base_dir / gate.METRICS_FILE).read_text())
+    return seeds.spread(by_seed)
+
+
+def confirm_with_seeds(
+    gate_params: GateParams, base_dir: Path, head_dir: Path, extra_seeds: int, work: Path, names: tuple[str, str], paired_report: str
+) -> tuple[int, str]:
+    """Judge a regression that the paired test found against the base recipe's training-seed spread."""
+    first_run = snapshot(base_dir, work / "base-first-seed")
+    noise = base_seed_spread(base_dir, extra_seeds, work)
+    noise_file = work / "seed_noise.json"
+    write_json(noise_file, noise)
+    status, report = gate.run(gate_params, None, first_run, head_dir, seed_noise_file=noise_file, names=names)
+    accuracy = noise["metrics"].get("accuracy", {})
+    values = ", ".join(f"{v:.4f}" for v in accuracy.get("values", []))
+    report += (
+        "\n### Training-seed noise\n\n"
+        "The paired test on the same eval examples found a regression, but it holds both trained models "
+        "fixed, and a different training seed alone moves a model. So the base's smoke run was repeated "
+        f"with training seeds {', '.join(map(str, noise['seeds']))} (accuracy {values}; "
+        f"std {accuracy.get('std', float('nan')):.4f}), and the table above judges the change against "
+        "that spread (Student's t).\n\n"
+        "<details><summary>The paired test's report</summary>\n\n" + paired_report + "\n</details>\n"
+    )
+    return status, report
+
+
 def committed_metrics_diff(repo: Path, base: str) -> str:
     """`dvc metrics diff BASE HEAD --md`: the full-profile metrics the branch commits, for reference."""
     result = subprocess.run(["dvc", "metrics", "diff", base, "HEAD", "--md"], cwd=repo, capture_output=True, text=True)
@@ -104,8 +170,14 @@ def committed_metrics_diff(repo: Path, base: str) -> str:
     return result.stdout.strip() or "No change in the committed metrics."
 
 
-def run(repo: Path, base: str, profile_file: Path, work: Path) -> tuple[int, str]:
-    """Run both smoke runs and the gate in `work`; return the exit status and the report."""
+def run(
+    repo: Path, base: str, profile_file: Path, work: Path, confirm_seeds: int = DEFAULT_CONFIRM_SEEDS
+) -> tuple[int, str]:
+    """Run both smoke runs and the gate in `work`; return the exit status and the report.
+
+    `confirm_seeds`: how many more training seeds of the base to run when the paired test finds a
+    regression (0: trust the paired test alone).
+    """
     repo = repo.resolve()
     profile = yaml.safe_load((repo / profile_file).read_text())
     try:
@@ -124,11 +196,17 @@ def run(repo: Path, base: str, profile_file: Path, work: Path) -> tuple[int, str
         except ParamsError:
             pass  # a base from before the gate existed: the head's rules apply
         for name, side in sides.items():
+            share_cache(repo, side)
             timings[name] = smoke_run(side, profile, work / f"{name}.log")
-        status, report = gate.run(
-            gate_params, None, sides["base"], sides["head"], names=(f"{base} (smoke run)", "HEAD (smoke run)")
-        )
+        names = (f"{base} (smoke run)", "HEAD (smoke run)")
+        status, report = gate.run(gate_params, None, sides["base"], sides["head"], names=names)
         at_chance = base_at_chance(sides["base"])
+        if status == gate.REGRESSION and confirm_seeds > 0 and not at_chance:
+            started = time.perf_counter()
+            status, report = confirm_with_seeds(
+                gate_params, sides["base"], sides["head"], confirm_seeds, work, names, paired_report=report
+            )
+            timings["seeds"] = time.perf_counter() - started
         if at_chance and status == gate.PASS:
             status = gate.CANNOT_COMPARE
             report = report.replace("## Metric gate: PASS", "## Metric gate: FAIL: cannot compare", 1)
@@ -143,7 +221,10 @@ def run(repo: Path, base: str, profile_file: Path, work: Path) -> tuple[int, str
     sizes = ", ".join(f"`{s}.{k}={v}`" for s, values in profile.items() for k, v in values.items())
     report += (
         f"\nSmoke profile ({profile_file}): {sizes}. "
-        + (f"Runs took {timings['base']:.0f}s (base) and {timings['head']:.0f}s (head).\n" if len(timings) == 2 else "\n")
+        + (f"Runs took {timings['base']:.0f}s (base) and {timings['head']:.0f}s (head)" if "head" in timings else "")
+        + (f", and {timings['seeds']:.0f}s for the base's extra seeds" if "seeds" in timings else "")
+        + ("." if "head" in timings else "")
+        + "\n"
         + "\n### Committed full-profile metrics (shown, not gated)\n\n"
         + committed_metrics_diff(repo, base)
         + "\n"
@@ -155,10 +236,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="git revision to compare against (e.g. origin/main)")
     parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE, help="size overrides (YAML)")
+    parser.add_argument(
+        "--confirm-seeds", type=int, default=DEFAULT_CONFIRM_SEEDS, metavar="N",
+        help=f"on a paired-test regression, rerun the base with N more training seeds (default {DEFAULT_CONFIRM_SEEDS}; 0: off)",
+    )
     parser.add_argument("--report", type=Path, help="also write the Markdown report here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pr-check-") as work:
-        status, report = run(Path("."), args.base, args.profile, Path(work))
+        status, report = run(Path("."), args.base, args.profile, Path(work), args.confirm_seeds)
     print(report)
     if args.report:
         args.report.write_text(report)

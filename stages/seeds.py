@@ -53,6 +53,11 @@ def summarize(exp_show: list[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError(
             f"found {len(by_seed)} run(s) of this recipe; queue more seeds (dvc exp run --queue -S {SEED_KEY}=N)"
         )
+    return spread(by_seed)
+
+
+def spread(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean, sample standard deviation and count of each numeric metric over runs keyed by seed."""
     names = sorted({name for metrics in by_seed.values() for name, value in metrics.items() if isinstance(value, (int, float))})
     summary = {}
     for name in names:

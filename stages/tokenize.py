@@ -37,7 +37,7 @@ SPLITS = ("train", "test")
 
 def load_tokenizer(model: ModelParams) -> PreTrainedTokenizerBase:
     """The fast tokenizer of `model.name`; safetensors-only, remote code only when allowed."""
-    model_dir = hub.resolve_model(model.name, model.revision)
+    model_dir = hub.model_dir(model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True, trust_remote_code=model.trust_remote_code)
     if not tokenizer.is_fast:
         raise UserError(f"model.name = {model.name!r}: has no fast tokenizer (tokenizer.json); one is required")
@@ -46,7 +46,7 @@ def load_tokenizer(model: ModelParams) -> PreTrainedTokenizerBase:
 
 def model_max_length(model: ModelParams) -> int:
     """The longest input the model's position embeddings allow."""
-    model_dir = hub.resolve_model(model.name, model.revision)
+    model_dir = hub.model_dir(model)
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=model.trust_remote_code)
     except ValueError as err:

@@ -5,6 +5,9 @@ Params: `model.*`, `data.num_labels`, `train.*`. Input: `<subset>/train.parquet`
 safetensors, with its tokenizer) and `<history-out>` (a CSV row per epoch: eval loss and accuracy,
 as the tutorial reports them).
 
+With `--checkpoints DIR`, an interrupted run resumes from its last checkpoint there when it is rerun
+with the same params, data and code (`stages/checkpoints.py`).
+
 Accuracy is computed through the `evaluate` library from the metric module shipped in
 `stages/metric_modules/accuracy`, so it loads with no network.
 """
@@ -15,12 +18,14 @@ import argparse
 import logging
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import evaluate
 import numpy as np
 import pandas as pd
 import torch
+import transformers
 from transformers import (
     AutoModelForSequenceClassification,
     EvalPrediction,
@@ -30,10 +35,11 @@ from transformers import (
     set_seed,
 )
 
-from stages import hub
+from stages import checkpoints, hub
 from stages.cli import UserError, run_main
 from stages.examples import TokenizedExamples, make_collator, read_meta
-from stages.outputs import atomic_dir, atomic_file
+from stages.environment import software_environment
+from stages.outputs import atomic_dir, atomic_file, write_json
 from stages.params import ModelParams, TrainParams, load_params
 from stages.tokenize import load_tokenizer
 
@@ -44,7 +50,7 @@ METRIC_MODULES = Path(__file__).parent / "metric_modules"
 
 def load_pretrained(model: ModelParams, num_labels: int) -> PreTrainedModel:
     """The pretrained encoder with a fresh `num_labels`-way classification head (safetensors only)."""
-    model_dir = hub.resolve_model(model.name, model.revision)
+    model_dir = hub.model_dir(model)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             model_dir,
@@ -61,6 +67,10 @@ def accuracy_metric() -> evaluate.EvaluationModule:
     return evaluate.load(str(METRIC_MODULES / "accuracy"))
 
 
+# The code a checkpoint depends on: a change to any of these makes old checkpoints stale.
+CODE_FILES = [Path(__file__).with_name(name) for name in ("train.py", "examples.py", "tokenize.py", "hub.py", "params.py")]
+
+
 def run(
     model: ModelParams,
     num_labels: int,
@@ -68,8 +78,13 @@ def run(
     subset_dir: Path,
     model_out: Path,
     history_out: Path,
+    checkpoint_dir: Path | None = None,
+    environment_out: Path | None = None,
 ) -> pd.DataFrame:
-    """Fine-tune, write the final model and the per-epoch history; return that history."""
+    """Fine-tune, write the final model and the per-epoch history; return that history.
+
+    With `checkpoint_dir`, checkpoints go there and a matching interrupted run is resumed.
+    """
     meta = read_meta(subset_dir)
     if meta["model"] != model.name or meta["model_revision"] != model.revision:
         raise UserError(
@@ -87,30 +102,57 @@ def run(
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         return accuracy.compute(predictions=np.argmax(prediction.predictions, axis=-1), references=prediction.label_ids)
 
-    with tempfile.TemporaryDirectory(prefix="trainer-") as work_dir:
+    resume_from = None
+    if checkpoint_dir is not None:
+        expected = checkpoints.fingerprint(
+            params={"model": asdict(model), "num_labels": num_labels, "train": asdict(params)},
+            data_files=[subset_dir / "train.parquet", subset_dir / "eval.parquet", subset_dir / "meta.json"],
+            code_files=CODE_FILES,
+            versions={"torch": torch.__version__, "transformers": transformers.__version__},
+        )
+        resume_from = checkpoints.prepare(checkpoint_dir, expected)
+        if resume_from is not None:
+            step, total = checkpoints.step_of(resume_from)
+            log.info("resuming from %s (step %d of %d)", resume_from, step, total)
+
+    with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
         trainer = Trainer(
             model=classifier,
-            args=training_arguments(params, Path(work_dir)),
+            args=training_arguments(params, checkpoint_dir or Path(scratch), save=checkpoint_dir is not None),
             train_dataset=train_examples,
             eval_dataset=eval_examples,
             data_collator=make_collator(tokenizer, meta),
             processing_class=tokenizer,
             compute_metrics=compute_metrics,
+            callbacks=[checkpoints.MarkComplete()],
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     history = epoch_history(trainer.state.log_history)
     with atomic_dir(model_out) as tmp:
         classifier.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     with atomic_file(history_out) as tmp:
         history.to_csv(tmp, index=False)
+    if environment_out is not None:
+        write_json(environment_out, software_environment())
+    if checkpoint_dir is not None:
+        checkpoints.finish(checkpoint_dir)
     return history
 
 
-def training_arguments(params: TrainParams, work_dir: Path) -> TrainingArguments:
-    """`TrainingArguments` from section `train:`; evaluation (and accuracy) after every epoch."""
+def training_arguments(params: TrainParams, output_dir: Path, save: bool = False) -> TrainingArguments:
+    """`TrainingArguments` from section `train:`; evaluation (and accuracy) after every epoch.
+
+    With `save`, a checkpoint every `train.save_steps` steps (or each epoch) goes to `output_dir`.
+    """
+    if not save:
+        save_args = {"save_strategy": "no"}
+    elif params.save_steps is None:
+        save_args = {"save_strategy": "epoch", "save_total_limit": 2}
+    else:
+        save_args = {"save_strategy": "steps", "save_steps": params.save_steps, "save_total_limit": 2}
     return TrainingArguments(
-        output_dir=str(work_dir),
+        output_dir=str(output_dir),
         num_train_epochs=params.epochs,
         max_steps=params.max_steps if params.max_steps is not None else -1,
         learning_rate=params.learning_rate,
@@ -124,7 +166,7 @@ def training_arguments(params: TrainParams, work_dir: Path) -> TrainingArguments
         eval_strategy="epoch",
         logging_strategy="steps",
         logging_steps=params.logging_steps,
-        save_strategy="no",
+        **save_args,
         report_to="none",
         dataloader_pin_memory=torch.cuda.is_available(),
     )
@@ -151,10 +193,15 @@ def main() -> None:
     parser.add_argument("--subset", type=Path, required=True, help="input folder (data/subset)")
     parser.add_argument("--model-out", type=Path, required=True, help="output folder (models/model)")
     parser.add_argument("--history-out", type=Path, required=True, help="per-epoch CSV (reports/train_epochs.csv)")
+    parser.add_argument("--checkpoints", type=Path, help="checkpoint folder, to resume an interrupted run")
+    parser.add_argument("--environment-out", type=Path, help="JSON of the software environment (reports/environment.json)")
     args = parser.parse_args()
     params = load_params(args.params)
     started = time.perf_counter()
-    history = run(params.model, params.data.num_labels, params.train, args.subset, args.model_out, args.history_out)
+    history = run(
+        params.model, params.data.num_labels, params.train, args.subset, args.model_out, args.history_out,
+        args.checkpoints, args.environment_out,
+    )
     for row in history.itertuples():
         log.info("epoch %.2f (step %d): eval_loss %.4f, eval_accuracy %.4f", row.epoch, row.step, row.eval_loss, row.eval_accuracy)
     log.info("trained %s in %.1fs", args.model_out, time.perf_counter() - started)

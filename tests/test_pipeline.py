@@ -18,6 +18,12 @@ def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '(\w+)'", output)
 
 
+def output_hashes(repo: Path) -> dict[str, str]:
+    """Every stage output's hash, as dvc.lock records it."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage["outs"]}
+
+
 @pytest.mark.slow
 def test_repro_skip_partial_rerun_experiments_and_metrics_diff(project: Path) -> None:
     first = run_cmd(["dvc", "repro"], project)
@@ -28,10 +34,24 @@ def test_repro_skip_partial_rerun_experiments_and_metrics_diff(project: Path) ->
     assert metrics["n_eval"] == 100
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["macro_f1"] <= 1.0 and metrics["eval_loss"] > 0
 
+    first_hashes, first_metrics = output_hashes(project), (project / "metrics.json").read_text()
+
     # Nothing changed: nothing runs.
     again = run_cmd(["dvc", "repro"], project)
     assert ran_stages(again.stdout) == []
     assert "Data and pipelines are up to date" in again.stdout
+
+    # Same params and seeds on this CPU: a forced rerun of every stage gives byte-identical data,
+    # the same model and the same metrics (dvc.lock records each output's hash).
+    forced = run_cmd(["dvc", "repro", "--force"], project)
+    assert ran_stages(forced.stdout) == STAGES
+    assert output_hashes(project) == first_hashes
+    assert (project / "metrics.json").read_text() == first_metrics
+
+    # The software environment is a metrics file of its own, so `dvc exp show` shows drift.
+    environment = json.loads((project / "reports" / "environment.json").read_text())
+    assert set(environment) == {"python", "torch", "transformers", "datasets", "cuda", "device"}
+    assert environment["torch"].startswith("2.13.0")
 
     # metrics.json is not cached, so git carries it (and `dvc metrics diff` works on any clone).
     assert run_cmd(["git", "check-ignore", "-q", "metrics.json"], project, check=False).returncode == 1
