@@ -93,6 +93,11 @@ class TrainParams:
     logging_steps: int = field(metadata=_rule(ge=1))
     group_by_length: bool
     save_steps: int | None = field(metadata=_rule(ge=1))
+    precision: str = field(metadata=_rule(choices=("auto", "fp32", "bf16", "fp16")))
+    tf32: str = field(metadata=_rule(choices=("auto", "on", "off")))
+    optimizer: str = field(metadata=_rule(choices=("auto", "adamw_torch", "adamw_torch_fused")))
+    dataloader_workers: int | None = field(metadata=_rule(ge=0))
+    torch_compile: bool
 
 
 @dataclass(frozen=True)

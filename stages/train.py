@@ -38,6 +38,7 @@ from transformers import (
 from stages import checkpoints, hub
 from stages.cli import UserError, run_main
 from stages.examples import TokenizedExamples, make_collator, read_meta
+from stages.devices import Device, device_arguments
 from stages.environment import software_environment
 from stages.outputs import atomic_dir, atomic_file, write_json
 from stages.params import ModelParams, TrainParams, load_params
@@ -68,7 +69,7 @@ def accuracy_metric() -> evaluate.EvaluationModule:
 
 
 # The code a checkpoint depends on: a change to any of these makes old checkpoints stale.
-CODE_FILES = [Path(__file__).with_name(name) for name in ("train.py", "examples.py", "tokenize.py", "hub.py", "params.py")]
+CODE_FILES = [Path(__file__).with_name(name) for name in ("train.py", "examples.py", "tokenize.py", "hub.py", "params.py", "devices.py")]
 
 
 def run(
@@ -85,6 +86,7 @@ def run(
 
     With `checkpoint_dir`, checkpoints go there and a matching interrupted run is resumed.
     """
+    device_args = device_arguments(params, Device.detect())  # a setting this machine lacks stops us here
     meta = read_meta(subset_dir)
     if meta["model"] != model.name or meta["model_revision"] != model.revision:
         raise UserError(
@@ -118,7 +120,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
         trainer = Trainer(
             model=classifier,
-            args=training_arguments(params, checkpoint_dir or Path(scratch), save=checkpoint_dir is not None),
+            args=training_arguments(params, checkpoint_dir or Path(scratch), checkpoint_dir is not None, device_args),
             train_dataset=train_examples,
             eval_dataset=eval_examples,
             data_collator=make_collator(tokenizer, meta),
@@ -140,7 +142,9 @@ def run(
     return history
 
 
-def training_arguments(params: TrainParams, output_dir: Path, save: bool = False) -> TrainingArguments:
+def training_arguments(
+    params: TrainParams, output_dir: Path, save: bool = False, device_args: dict | None = None
+) -> TrainingArguments:
     """`TrainingArguments` from section `train:`; evaluation (and accuracy) after every epoch.
 
     With `save`, a checkpoint every `train.save_steps` steps (or each epoch) goes to `output_dir`.
@@ -167,8 +171,8 @@ def training_arguments(params: TrainParams, output_dir: Path, save: bool = False
         logging_strategy="steps",
         logging_steps=params.logging_steps,
         **save_args,
+        **(device_args if device_args is not None else device_arguments(params, Device.detect())),
         report_to="none",
-        dataloader_pin_memory=torch.cuda.is_available(),
     )
 
 

@@ -1,0 +1,77 @@
+"""Training settings that depend on the device: precision, TF32, optimizer, data-loading workers.
+
+Each is a `train:` param whose default, `auto`, picks what suits the machine:
+
+| param | auto on a CUDA GPU | auto on a CPU |
+| --- | --- | --- |
+| `precision` | bf16 where the GPU supports it (Ampere and newer), else fp16 | fp32 |
+| `tf32` | TF32 matmuls where the GPU has them (Ampere and newer) | off (no such thing) |
+| `optimizer` | fused AdamW (one kernel per step) | AdamW |
+| `dataloader_workers` | 4 background workers, so batches are ready when the GPU is | 0 (workers would take cores from the math) |
+
+An explicit value that the machine cannot honour (fp16 or TF32 without a CUDA GPU, bf16 on a GPU
+without it) is a params error, named, before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from stages.params import ParamsError, TrainParams
+
+
+@dataclass(frozen=True)
+class Device:
+    """What the machine offers; `Device.detect()` reads it, tests build one by hand."""
+
+    cuda: bool
+    bf16: bool
+    tf32: bool
+    name: str
+    mps: bool = False  # Apple silicon: the Trainer uses it by itself
+
+    @classmethod
+    def detect(cls) -> Device:
+        if not torch.cuda.is_available():
+            mps = torch.backends.mps.is_available()
+            return cls(cuda=False, bf16=False, tf32=False, name="mps" if mps else "cpu", mps=mps)
+        major, _ = torch.cuda.get_device_capability(0)
+        return cls(cuda=True, bf16=torch.cuda.is_bf16_supported(), tf32=major >= 8, name=torch.cuda.get_device_name(0))
+
+
+def device_arguments(params: TrainParams, device: Device) -> dict[str, Any]:
+    """`TrainingArguments` keyword arguments for `params` on `device`."""
+    precision = params.precision
+    if precision == "auto":
+        precision = ("bf16" if device.bf16 else "fp16") if device.cuda else "fp32"
+    if precision == "fp16" and not device.cuda:
+        raise ParamsError(f"train.precision = 'fp16' needs a CUDA GPU, and this machine has none ({device.name}); expected 'auto', 'fp32' or 'bf16'")
+    if precision == "bf16" and device.cuda and not device.bf16:
+        raise ParamsError(f"train.precision = 'bf16': the GPU {device.name} does not support bf16; expected 'auto', 'fp16' or 'fp32'")
+
+    tf32 = device.tf32 if params.tf32 == "auto" else params.tf32 == "on"
+    if tf32 and not device.tf32:
+        raise ParamsError(f"train.tf32 = 'on': {device.name} has no TF32 matmuls (a CUDA GPU of the Ampere generation or newer does); expected 'auto' or 'off'")
+
+    optimizer = params.optimizer
+    if optimizer == "auto":
+        optimizer = "adamw_torch_fused" if device.cuda else "adamw_torch"
+
+    workers = params.dataloader_workers
+    if workers is None:
+        workers = 4 if device.cuda else 0
+
+    return {
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "tf32": tf32 if device.cuda else None,  # None: leave the CPU's (absent) setting alone
+        "optim": optimizer,
+        "dataloader_num_workers": workers,
+        "dataloader_pin_memory": device.cuda,
+        "torch_compile": params.torch_compile,
+        # Said outright on a CPU: bf16 autocast and multi-process (gloo) training need it there.
+        "use_cpu": not (device.cuda or device.mps),
+    }
