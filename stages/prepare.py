@@ -14,6 +14,7 @@ and `label` (int64 in `[0, data.num_labels)`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from sklearn.model_selection import train_test_split
 
 from stages import hub
 from stages.cli import UserError, run_main
-from stages.outputs import atomic_dir
+from stages.outputs import atomic_dir, write_json
 from stages.params import DataParams, load_params
 from stages.synthetic import generate_reviews
 
@@ -55,6 +56,9 @@ def run(params: DataParams, out_dir: Path) -> dict[str, int]:
                 {"text": pa.array(frame["text"], pa.string()), "label": pa.array(frame["label"], pa.int64())}
             )
             pq.write_table(table, tmp / f"{split}.parquet")
+        # The params this data came from, carried forward by tokenize and subset so the model card
+        # can name the data without evaluate reading any section of params.yaml but its own.
+        write_json(tmp / "meta.json", {"params": {"data": dataclasses.asdict(params)}})
     return {split: len(frame) for split, frame in splits.items()}
 
 

@@ -13,8 +13,9 @@ examples as the tutorial.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.cli import UserError, run_main
-from stages.outputs import atomic_dir
+from stages.outputs import atomic_dir, write_json
 from stages.params import SubsetParams, load_params
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,9 @@ def run(params: SubsetParams, tokenized_dir: Path, out_dir: Path) -> dict[str, i
             subset = table.take(pa.array(rows)).append_column("idx", pa.array(rows, pa.int64()))
             pq.write_table(subset, tmp / f"{name}.parquet")
             sizes[name] = size
-        shutil.copyfile(tokenized_dir / "meta.json", tmp / "meta.json")
+        meta = json.loads((tokenized_dir / "meta.json").read_text())
+        meta.setdefault("params", {})["subset"] = dataclasses.asdict(params)
+        write_json(tmp / "meta.json", meta)
     return sizes
 
 

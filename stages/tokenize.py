@@ -14,7 +14,9 @@ tokenized once, so changing subset sizes never re-tokenizes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -84,6 +86,12 @@ def run(model: ModelParams, params: TokenizeParams, prepared_dir: Path, out_dir:
         # What the reviews were, independent of the tokenizer: the gate uses it to make sure two
         # runs were evaluated on the same examples.
         "content_sha256": {},
+        # Each stage's own params, carried forward (see prepare): what the model card prints.
+        "params": {
+            **_recorded_params(prepared_dir),
+            "model": dataclasses.asdict(model),
+            "tokenize": dataclasses.asdict(params),
+        },
     }
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
@@ -94,6 +102,11 @@ def run(model: ModelParams, params: TokenizeParams, prepared_dir: Path, out_dir:
                 meta[key][split] = value
         write_json(tmp / "meta.json", meta)
     return meta
+
+
+def _recorded_params(prepared_dir: Path) -> dict:
+    meta = prepared_dir / "meta.json"
+    return json.loads(meta.read_text()).get("params", {}) if meta.is_file() else {}
 
 
 def _tokenize_split(

@@ -40,6 +40,7 @@ from stages.cli import UserError, run_main
 from stages.examples import TokenizedExamples, make_collator, read_meta
 from stages.devices import Device, device_arguments
 from stages.environment import software_environment
+from stages.live import LiveMetrics
 from stages.outputs import atomic_dir, atomic_file, write_json
 from stages.params import ModelParams, TrainParams, load_params
 from stages.tokenize import load_tokenizer
@@ -68,6 +69,8 @@ def accuracy_metric() -> evaluate.EvaluationModule:
     return evaluate.load(str(METRIC_MODULES / "accuracy"))
 
 
+TRAINING_PARAMS_FILE = "training_params.json"
+
 # The code a checkpoint depends on: a change to any of these makes old checkpoints stale.
 CODE_FILES = [Path(__file__).with_name(name) for name in ("train.py", "examples.py", "tokenize.py", "hub.py", "params.py", "devices.py")]
 
@@ -81,6 +84,7 @@ def run(
     history_out: Path,
     checkpoint_dir: Path | None = None,
     environment_out: Path | None = None,
+    live_dir: Path | None = None,
 ) -> pd.DataFrame:
     """Fine-tune, write the final model and the per-epoch history; return that history.
 
@@ -126,13 +130,15 @@ def run(
             data_collator=make_collator(tokenizer, meta),
             processing_class=tokenizer,
             compute_metrics=compute_metrics,
-            callbacks=[checkpoints.MarkComplete()],
+            callbacks=[checkpoints.MarkComplete()] + ([LiveMetrics(live_dir)] if live_dir else []),
         )
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     history = epoch_history(trainer.state.log_history)
     with atomic_dir(model_out) as tmp:
         classifier.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        # What the model was trained with, inside the folder so it travels with it.
+        write_json(tmp / TRAINING_PARAMS_FILE, {"num_labels": num_labels, "train": asdict(params)})
     with atomic_file(history_out) as tmp:
         history.to_csv(tmp, index=False)
     if environment_out is not None:
@@ -199,12 +205,13 @@ def main() -> None:
     parser.add_argument("--history-out", type=Path, required=True, help="per-epoch CSV (reports/train_epochs.csv)")
     parser.add_argument("--checkpoints", type=Path, help="checkpoint folder, to resume an interrupted run")
     parser.add_argument("--environment-out", type=Path, help="JSON of the software environment (reports/environment.json)")
+    parser.add_argument("--live", type=Path, help="DVCLive folder for live training metrics (dvclive)")
     args = parser.parse_args()
     params = load_params(args.params)
     started = time.perf_counter()
     history = run(
         params.model, params.data.num_labels, params.train, args.subset, args.model_out, args.history_out,
-        args.checkpoints, args.environment_out,
+        args.checkpoints, args.environment_out, args.live,
     )
     for row in history.itertuples():
         log.info("epoch %.2f (step %d): eval_loss %.4f, eval_accuracy %.4f", row.epoch, row.step, row.eval_loss, row.eval_accuracy)

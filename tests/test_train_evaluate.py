@@ -26,15 +26,30 @@ def subset_dir(tiny_params: Params, tmp_path: Path) -> Path:
 
 def test_train_then_evaluate(tiny_params: Params, subset_dir: Path, tmp_path: Path) -> None:
     params = dataclasses.replace(tiny_params.train, epochs=2)
-    history = train.run(tiny_params.model, 5, params, subset_dir, tmp_path / "model", tmp_path / "epochs.csv")
+    history = train.run(
+        tiny_params.model, 5, params, subset_dir, tmp_path / "model", tmp_path / "epochs.csv",
+        live_dir=tmp_path / "dvclive",
+    )
 
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
-        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_params.json",
     ]
+    recorded = json.loads((tmp_path / "model" / "training_params.json").read_text())
+    assert recorded == {"num_labels": 5, "train": dataclasses.asdict(params)}
     assert json.loads((tmp_path / "model" / "config.json").read_text())["id2label"].keys() == {"0", "1", "2", "3", "4"}
     # Accuracy after every epoch, as the tutorial reports it.
     assert list(history["epoch"]) == [1.0, 2.0]
     assert pd.read_csv(tmp_path / "epochs.csv").equals(history)
+    # DVCLive: one row per Trainer logging step (160 examples / 16 = 10 steps an epoch, a log every
+    # 5 steps), at the Trainer's own step numbers; eval metrics once an epoch.
+    plots = tmp_path / "dvclive" / "plots" / "metrics"
+    assert list(pd.read_csv(plots / "train" / "loss.tsv", sep="\t")["step"]) == [5, 10, 15, 20]
+    live_accuracy = pd.read_csv(plots / "eval" / "accuracy.tsv", sep="\t")
+    assert list(live_accuracy["step"]) == list(history["step"]) == [10, 20]
+    assert list(live_accuracy["accuracy"]) == pytest.approx(list(history["eval_accuracy"]))
+    summary = json.loads((tmp_path / "dvclive" / "metrics.json").read_text())
+    assert summary["step"] == 20 and summary["eval"]["accuracy"] == pytest.approx(history["eval_accuracy"].iloc[-1])
+    assert not (tmp_path / "dvclive" / "params.yaml").exists()  # no TrainingArguments dump
 
     metrics = evaluate.run(
         tiny_params.evaluate, tmp_path / "model", subset_dir,

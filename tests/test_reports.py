@@ -1,0 +1,172 @@
+"""The evaluate stage's reports: per-class F1 (a DVC plot), the most confident errors, the model card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cmd, tiny_overrides, write_params
+from stages import evaluate, prepare, subset, tokenize, train
+from stages.cli import UserError
+from stages.environment import software_environment
+from stages.outputs import write_json
+from stages.params import Params, load_params
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
+    """One tiny pipeline run, train and evaluate in-process, with every report written."""
+    root = tmp_path_factory.mktemp("reports")
+    params = load_params(write_params(root / "params.yaml", tiny_overrides(tiny_model_dir)))
+    prepare.run(params.data, root / "prepared")
+    tokenize.run(params.model, params.tokenize, root / "prepared", root / "tokenized")
+    subset.run(params.subset, root / "tokenized", root / "subset")
+    train.run(params.model, params.data.num_labels, params.train, root / "subset", root / "model", root / "epochs.csv")
+    write_json(root / "environment.json", software_environment())
+    names = ("metrics.json", "predictions.csv", "per_class.csv", "errors.csv", "model_card.md")
+    paths = {name: root / name for name in names}
+    evaluate.run(
+        params.evaluate, root / "model", root / "subset",
+        paths["metrics.json"], paths["predictions.csv"], root / "info.json",
+        per_class_out=paths["per_class.csv"],
+        prepared_dir=root / "prepared",
+        errors_out=paths["errors.csv"],
+        card_out=paths["model_card.md"],
+        environment=root / "environment.json",
+    )
+    return {**paths, "root": root, "params": params}
+
+
+def test_per_class_scores_average_to_macro_f1(evaluated: dict) -> None:
+    per_class = pd.read_csv(evaluated["per_class.csv"])
+    metrics = json.loads(evaluated["metrics.json"].read_text())
+    predictions = pd.read_csv(evaluated["predictions.csv"])
+    assert list(per_class.columns) == ["label", "precision", "recall", "f1", "support"]
+    assert list(per_class["label"]) == [0, 1, 2, 3, 4]
+    assert per_class["f1"].mean() == pytest.approx(metrics["macro_f1"], abs=1e-6)
+    assert per_class["support"].sum() == metrics["n_eval"]
+    assert list(per_class["support"]) == [int((predictions["label"] == c).sum()) for c in range(5)]
+    # Recall is per-label accuracy, so support-weighted recall is accuracy.
+    weighted_recall = (per_class["recall"] * per_class["support"]).sum() / metrics["n_eval"]
+    assert weighted_recall == pytest.approx(metrics["accuracy"], abs=1e-5)
+
+
+def test_errors_are_the_most_confident_wrong_predictions_with_their_text(evaluated: dict) -> None:
+    errors = pd.read_csv(evaluated["errors.csv"])
+    predictions = pd.read_csv(evaluated["predictions.csv"])
+    wrong = predictions[predictions["label"] != predictions["prediction"]]
+    assert list(errors.columns) == ["idx", "label", "prediction", "confidence", "text"]
+    assert len(errors) == min(evaluate.ERRORS_TOP, len(wrong)) > 0
+    assert (errors["label"] != errors["prediction"]).all()
+    assert errors["confidence"].is_monotonic_decreasing
+    # No wrong prediction left out was more confident than the least confident one listed.
+    assert wrong["confidence"].nlargest(len(errors)).min() == errors["confidence"].min()
+    # Each row's label and confidence are the prediction's, and the text is the example's own.
+    merged = errors.merge(predictions, on="idx", suffixes=("", "_p"))
+    assert (merged["label"] == merged["label_p"]).all() and (merged["confidence"] == merged["confidence_p"]).all()
+    test = pd.read_parquet(evaluated["root"] / "prepared" / "test.parquet")
+    for row in errors.itertuples():
+        original = " ".join(test["text"].iloc[row.idx].split())
+        assert test["label"].iloc[row.idx] == row.label
+        if len(original) <= evaluate.TEXT_CHARS:
+            assert row.text == original
+        else:  # cut to the limit, then "…"
+            assert len(row.text) <= evaluate.TEXT_CHARS and row.text.endswith("…"), row.text
+            assert original.startswith(row.text[:-1]) and len(row.text) > evaluate.TEXT_CHARS - 20
+
+
+def test_errors_refuse_prepared_data_the_subset_was_not_made_from(evaluated: dict, tmp_path: Path) -> None:
+    other = tmp_path / "prepared"
+    shutil.copytree(evaluated["root"] / "prepared", other)
+    test = pd.read_parquet(other / "test.parquet")
+    test.loc[0, "text"] = test.loc[0, "text"] + " edited"
+    test.to_parquet(other / "test.parquet", index=False)
+    meta = json.loads((evaluated["root"] / "subset" / "meta.json").read_text())
+    with pytest.raises(UserError, match="is not the test split the eval subset was tokenized from"):
+        evaluate.read_texts(other, meta)
+
+
+def test_model_card_holds_the_run(evaluated: dict) -> None:
+    card = evaluated["model_card.md"].read_text()
+    metrics = json.loads(evaluated["metrics.json"].read_text())
+    params: Params = evaluated["params"]
+    for name in ("accuracy", "macro_f1", "eval_loss"):
+        assert f"| {name} | {metrics[name]:.4f} |" in card
+    assert f"n = {metrics['n_eval']}" in card
+    environment = json.loads((evaluated["root"] / "environment.json").read_text())
+    assert f"| torch | `{environment['torch']}` |" in card
+    assert f"Base model: `{params.model.name}`" in card
+    assert f"learning_rate: {params.train.learning_rate}" in card
+    assert f'AutoModelForSequenceClassification.from_pretrained("{evaluated["root"] / "model"}")' in card
+
+
+def test_intervals_bracket_the_metrics() -> None:
+    low, high = evaluate.wilson_interval(594, 1000)
+    assert (round(low, 4), round(high, 4)) == (0.5633, 0.6240)  # the textbook Wilson interval
+    assert evaluate.wilson_interval(0, 10)[0] == 0.0 and evaluate.wilson_interval(10, 10)[1] == 1.0
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 5, 500)
+    predictions = np.where(rng.random(500) < 0.6, labels, rng.integers(0, 5, 500))
+    intervals = evaluate.metric_intervals(labels, predictions, 5)
+    macro_f1 = evaluate.per_class_scores(labels, predictions, 5)["f1"].mean()
+    assert intervals["macro_f1"][0] < macro_f1 < intervals["macro_f1"][1]
+    assert 0.03 < intervals["macro_f1"][1] - intervals["macro_f1"][0] < 0.15
+    assert evaluate.metric_intervals(labels, predictions, 5) == intervals  # seeded
+
+
+def _plots(shown: dict, name: str) -> list[dict]:
+    """The plots of file `name` in `dvc plots show --json` output ({"data": {path: [plot, ...]}})."""
+    return [plot for key, plots in shown["data"].items() if key.endswith(name) for plot in plots]
+
+
+@pytest.mark.slow
+def test_dvc_shows_the_plots(project: Path, tmp_path: Path) -> None:
+    run_cmd(["dvc", "repro"], project)
+    for name in ("per_class.csv", "errors.csv", "model_card.md"):
+        assert (project / "reports" / name).is_file(), name
+    assert "| torch |" in (project / "reports" / "model_card.md").read_text()
+
+    shown = json.loads(run_cmd(["dvc", "plots", "show", "--json"], project).stdout)
+    per_class = _plots(shown, "per_class.csv")
+    confusion = _plots(shown, "predictions.csv")
+    assert per_class and confusion, list(shown["data"])
+    per_class_values = per_class[0]["content"]["data"]["values"]
+    assert sorted(int(row["label"]) for row in per_class_values) == [0, 1, 2, 3, 4]
+    assert per_class[0]["content"]["encoding"]["x"]["field"] == "f1"
+    assert len(confusion[0]["content"]["data"]["values"]) == 100
+    # The training curves: loss at each Trainer logging step (160 / 16 = 10 steps, a log every 5),
+    # eval accuracy and loss after the epoch.
+    curves = {name: shown["data"][name][0]["content"]["data"]["values"] for name in (
+        "Training loss per step", "Eval accuracy per epoch", "Eval loss per epoch")}
+    assert [int(row["step"]) for row in curves["Training loss per step"]] == [5, 10]
+    assert [float(row["epoch"]) for row in curves["Eval accuracy per epoch"]] == [1.0]
+    assert float(curves["Eval accuracy per epoch"][0]["eval_accuracy"]) == pytest.approx(
+        json.loads((project / "metrics.json").read_text())["accuracy"], abs=1e-6
+    )
+    assert float(curves["Eval loss per epoch"][0]["eval_loss"]) > 0
+
+    html_dir = tmp_path / "plots"
+    run_cmd(["dvc", "plots", "show", "-o", str(html_dir)], project)
+    index = html_dir / "index.html"
+    assert "F1 per label" in index.read_text() and "Confusion matrix" in index.read_text()
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed: the HTML was written but not rendered in a browser")
+    dom = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--virtual-time-budget=5000", "--dump-dom", index.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    # The page loads vega from a CDN, which an offline test cannot reach, so this checks that the
+    # browser-parsed page holds each plot's element and vega-lite spec, not that a chart was drawn.
+    for element in ("reports_per_class_csv", "reports_predictions_csv"):
+        assert f'<div id="{element}"' in dom, dom[:2000]
+    assert '"title": {"text": "F1 per label (eval subset)"' in dom and '"field": "f1"' in dom
+    assert '"title": {"text": "Confusion matrix (eval subset)"' in dom
