@@ -167,7 +167,9 @@ def committed_metrics_diff(repo: Path, base: str) -> str:
     result = subprocess.run(["dvc", "metrics", "diff", base, "HEAD", "--md"], cwd=repo, capture_output=True, text=True)
     if result.returncode != 0:
         return f"`dvc metrics diff` failed: {result.stderr.strip()}"
-    return result.stdout.strip() or "No change in the committed metrics."
+    table = result.stdout.strip()
+    # A table with no rows (header and rule only) means nothing changed.
+    return table if len(table.splitlines()) > 2 else "No change in the committed metrics."
 
 
 def run(

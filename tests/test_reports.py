@@ -144,9 +144,11 @@ def test_dvc_shows_the_plots(project: Path, tmp_path: Path) -> None:
     assert len(confusion[0]["content"]["data"]["values"]) == 100
     # The training curves: loss at each Trainer logging step (160 / 16 = 10 steps, a log every 5),
     # eval accuracy and loss after the epoch.
-    curves = {name: shown["data"][name][0]["content"]["data"]["values"] for name in (
-        "Training loss per step", "Eval accuracy per epoch", "Eval loss per epoch")}
-    assert [int(row["step"]) for row in curves["Training loss per step"]] == [5, 10]
+    curves = {name: _plots(shown, name)[0]["content"]["data"]["values"] for name in (
+        "train/loss.tsv", "eval/accuracy.tsv", "train_epochs.csv", "Eval loss per epoch")}
+    curves["Eval accuracy per epoch"] = curves["train_epochs.csv"]
+    assert [int(row["step"]) for row in curves["train/loss.tsv"]] == [5, 10]
+    assert [int(row["step"]) for row in curves["eval/accuracy.tsv"]] == [10]
     assert [float(row["epoch"]) for row in curves["Eval accuracy per epoch"]] == [1.0]
     assert float(curves["Eval accuracy per epoch"][0]["eval_accuracy"]) == pytest.approx(
         json.loads((project / "metrics.json").read_text())["accuracy"], abs=1e-6
