@@ -112,11 +112,9 @@ PROJECT_FILES = [
 ]
 
 
-@pytest.fixture
-def project(tmp_path: Path, tiny_model_dir: Path) -> Path:
-    """A fresh git + DVC repository holding this project's pipeline, with tiny params."""
-    repo = tmp_path / "project"
-    repo.mkdir()
+def new_project(repo: Path, overrides: dict[str, dict[str, Any]]) -> Path:
+    """A fresh git + DVC repository at `repo` holding this project's pipeline, params with `overrides`."""
+    repo.mkdir(parents=True)
     for name in PROJECT_FILES:
         source, target = REPO_ROOT / name, repo / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +122,13 @@ def project(tmp_path: Path, tiny_model_dir: Path) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copyfile(source, target)
-    write_params(repo / "params.yaml", tiny_overrides(tiny_model_dir))
+    write_params(repo / "params.yaml", overrides)
     run_cmd(["git", "init", "-q", "-b", "main"], repo)
     run_cmd(["dvc", "init", "-q"], repo)
     return repo
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A fresh git + DVC repository holding this project's pipeline, with tiny params."""
+    return new_project(tmp_path / "project", tiny_overrides(tiny_model_dir))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT_FILES, REPO_ROOT, run_cmd, tiny_overrides, write_params
+from conftest import REPO_ROOT, new_project, run_cmd, tiny_overrides
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 IMAGE = os.environ.get("DOCKER_TEST_IMAGE", "yelp-finetune:test")
@@ -178,19 +178,8 @@ def _build(docker: str, wheelhouse: Path) -> tuple[float, str]:
 def _work_tree(root: Path, tiny_model_dir: Path) -> Path:
     """A git + DVC repository of this project with tiny params, its tiny model inside (the container sees
     only the mount), committed."""
-    repo = root / "work"
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        source, target = REPO_ROOT / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copyfile(source, target)
+    repo = new_project(root / "work", tiny_overrides(Path("tiny-bert")))
     shutil.copytree(tiny_model_dir, repo / "tiny-bert")
-    write_params(repo / "params.yaml", tiny_overrides(Path("tiny-bert")))
-    run_cmd(["git", "init", "-q", "-b", "main"], repo)
-    run_cmd(["dvc", "init", "-q"], repo)
     run_cmd(["git", "add", "-A"], repo)
     run_cmd(["git", "commit", "-qm", "tiny project"], repo)
     return repo

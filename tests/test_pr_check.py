@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,15 @@ def set_param(repo: Path, section: str, key: str, value: object) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def check_branch(repo: Path, branch: str, change: Callable[[], object]) -> tuple[subprocess.CompletedProcess, str]:
+    """A branch off main with `change` committed, checked as CI checks a pull request: (result, report)."""
+    run_cmd(["git", "checkout", "-q", "main"], repo)
+    run_cmd(["git", "checkout", "-q", "-b", branch], repo)
+    change()
+    run_cmd(["git", "commit", "-qam", branch], repo)
+    return pr_check(repo, "main"), (repo / "pr-check-report.md").read_text()
+
+
 @pytest.mark.slow
 def test_pr_check_fails_a_real_regression_and_passes_a_comment_change(project: Path) -> None:
     (project / "profiles" / "smoke.yaml").write_text(yaml.safe_dump(TEST_PROFILE))
@@ -43,11 +53,7 @@ def test_pr_check_fails_a_real_regression_and_passes_a_comment_change(project: P
     run_cmd(["git", "commit", "-qm", "baseline"], project)
 
     # A change that really hurts: no learning at all.
-    run_cmd(["git", "checkout", "-q", "-b", "no-learning"], project)
-    set_param(project, "train", "learning_rate", 0.0)
-    run_cmd(["git", "commit", "-qam", "learning rate 0"], project)
-    hurt = pr_check(project, "main")
-    report = (project / "pr-check-report.md").read_text()
+    hurt, report = check_branch(project, "no-learning", lambda: set_param(project, "train", "learning_rate", 0.0))
     assert hurt.returncode != 0, hurt.stdout + hurt.stderr
     assert "## Metric gate: FAIL: regression" in report, report
     assert "| `train.learning_rate` | 0.003 | 0.0 |" in report
@@ -58,23 +64,16 @@ def test_pr_check_fails_a_real_regression_and_passes_a_comment_change(project: P
     assert "Smoke profile (profiles/smoke.yaml)" in report
 
     # A change of the training seed only: noise, not a regression.
-    run_cmd(["git", "checkout", "-q", "main"], project)
-    run_cmd(["git", "checkout", "-q", "-b", "other-seed"], project)
-    set_param(project, "train", "seed", 7)
-    run_cmd(["git", "commit", "-qam", "train seed 7"], project)
-    reseeded = pr_check(project, "main")
-    report = (project / "pr-check-report.md").read_text()
+    reseeded, report = check_branch(project, "other-seed", lambda: set_param(project, "train", "seed", 7))
     assert reseeded.returncode == 0, report + reseeded.stderr
     assert "## Metric gate: PASS" in report and "| `train.seed` | 42 | 7 |" in report
 
     # A change to a comment only: the same numbers on both sides, a pass.
-    run_cmd(["git", "checkout", "-q", "main"], project)
-    run_cmd(["git", "checkout", "-q", "-b", "comment-only"], project)
     dvc_yaml = project / "dvc.yaml"
-    dvc_yaml.write_text(dvc_yaml.read_text().replace("# The pipeline:", "# The whole pipeline:", 1))
-    run_cmd(["git", "commit", "-qam", "reword a comment"], project)
-    same = pr_check(project, "main")
-    report = (project / "pr-check-report.md").read_text()
+    same, report = check_branch(
+        project, "comment-only",
+        lambda: dvc_yaml.write_text(dvc_yaml.read_text().replace("# The pipeline:", "# The whole pipeline:", 1)),
+    )
     assert same.returncode == 0, report + same.stderr
     assert "## Metric gate: PASS" in report
     assert "+0.0000" in report and "Params changed\n\nNone." in report

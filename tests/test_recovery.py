@@ -101,12 +101,13 @@ def test_the_last_good_state_comes_back_after_a_failed_run(project: Path) -> Non
     assert "params.yaml: train.learning_rate = -1.0 is out of range; expected a number >= 0" in failed.stderr, failed.stderr
     assert not (project / "models" / "model").exists()
     assert not (project / "reports" / "train_epochs.csv").exists()  # uncached outputs go too
+    assert not (project / "dvclive" / "metrics.json").exists()
     assert (project / "metrics.json").read_text() == good_metrics  # evaluate never ran
 
     # As the README says: put the params back; git restores the uncached outputs, and
     # `dvc checkout` the cached ones.
     run_cmd(["git", "checkout", "params.yaml"], project)
-    run_cmd(["git", "checkout", "--", "metrics.json", "reports"], project)
+    run_cmd(["git", "checkout", "--", "metrics.json", "reports", "dvclive"], project)
     run_cmd(["dvc", "checkout"], project)
     assert (project / "models" / "model" / "model.safetensors").read_bytes() == good_model
     assert json.loads(run_cmd(["dvc", "status", "--json"], project).stdout) == {}

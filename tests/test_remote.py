@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 
-from conftest import PROJECT_FILES, REPO_ROOT, run_cmd, stage_env, tiny_overrides, write_params
+from conftest import new_project, run_cmd, stage_env, tiny_overrides
 
 BUCKET = "dvc-remote-test"
 PREFIX = "yelp/store"
@@ -153,18 +152,7 @@ def s3_keys(endpoint: str, prefix: str = PREFIX) -> set[str]:
 def pushed(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, s3_endpoint: str) -> Pushed:
     """The project with tiny params, run once, committed with both remotes configured, pushed to both."""
     workdir = tmp_path_factory.mktemp("remote")
-    repo = workdir / "origin"
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        source, target = REPO_ROOT / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copyfile(source, target)
-    write_params(repo / "params.yaml", tiny_overrides(tiny_model_dir))
-    run_cmd(["git", "init", "-q", "-b", "main"], repo)
-    run_cmd(["dvc", "init", "-q"], repo)
+    repo = new_project(workdir / "origin", tiny_overrides(tiny_model_dir))
 
     local_remote = workdir / "dvc-storage"
     # Exactly the README's commands. The remotes live in .dvc/config, which git carries to every clone;

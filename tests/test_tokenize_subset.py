@@ -80,7 +80,13 @@ def test_subset_matches_the_tutorials_shuffle_and_select(tokenized: Path, tiny_p
     assert ours.column("label").to_pylist() == tutorial["label"]
     eval_rows = pq.read_table(tmp_path / "subset" / "eval.parquet").column("idx").to_pylist()
     assert eval_rows == list(np.random.default_rng(tiny_params.subset.seed).permutation(200)[:100])
-    assert (tmp_path / "subset" / "meta.json").read_bytes() == (tokenized / "meta.json").read_bytes()
+    # The tokenized data's description carries over, with the subset's own params recorded beside
+    # those of the stages before it (the model card reads them from here).
+    subset_meta = json.loads((tmp_path / "subset" / "meta.json").read_text())
+    tokenized_meta = json.loads((tokenized / "meta.json").read_text())
+    assert subset_meta.pop("params") == {**tokenized_meta.pop("params"), "subset": dataclasses.asdict(tiny_params.subset)}
+    assert subset_meta == tokenized_meta
+    assert set(json.loads((tokenized / "meta.json").read_text())["params"]) == {"data", "model", "tokenize"}
 
 
 def test_subset_is_identical_across_runs_and_changes_with_the_seed(
