@@ -45,6 +45,7 @@ from stages.cli import UserError, run_main
 from stages.examples import TokenizedExamples, make_collator, read_meta
 from stages.outputs import atomic_file, write_json
 from stages.params import EvaluateParams, load_params
+from stages.tokenize import ContentDigest
 from stages.train import METRIC_MODULES, TRAINING_PARAMS_FILE, accuracy_metric
 
 log = logging.getLogger(__name__)
@@ -175,10 +176,9 @@ def read_texts(prepared_dir: Path, meta: dict) -> list[str]:
         raise UserError(f"{source}: not found; run the prepare stage first (dvc repro prepare)")
     table = pq.read_table(source, columns=["text", "label"])
     texts = table.column("text").to_pylist()
-    text_digest = hashlib.sha256(("\x1e".join(texts) + "\x1e").encode() if texts else b"")
-    label_digest = hashlib.sha256(table.column("label").to_numpy().astype("<i8").tobytes())
-    digest = hashlib.sha256(text_digest.digest() + label_digest.digest()).hexdigest()
-    if digest != meta["content_sha256"]["test"]:
+    content = ContentDigest()
+    content.update(texts, table.column("label").to_numpy())
+    if content.hexdigest() != meta["content_sha256"]["test"]:
         raise UserError(
             f"{source} is not the test split the eval subset was tokenized from (its content hash differs "
             "from the one in the subset's meta.json); rerun the pipeline (dvc repro)"

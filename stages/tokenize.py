@@ -21,6 +21,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -104,6 +105,25 @@ def run(model: ModelParams, params: TokenizeParams, prepared_dir: Path, out_dir:
     return meta
 
 
+class ContentDigest:
+    """What a split's reviews are, independent of the tokenizer: a digest of its texts and labels.
+
+    Separate digests of texts and labels, each fed review by review (a separator after every text),
+    so however the rows are batched the digest is the same.
+    """
+
+    def __init__(self) -> None:
+        self._texts, self._labels = hashlib.sha256(), hashlib.sha256()
+
+    def update(self, texts: list[str], labels: np.ndarray) -> None:
+        if texts:
+            self._texts.update(("\x1e".join(texts) + "\x1e").encode())
+        self._labels.update(np.asarray(labels).astype("<i8").tobytes())
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(self._texts.digest() + self._labels.digest()).hexdigest()
+
+
 def _recorded_params(prepared_dir: Path) -> dict:
     meta = prepared_dir / "meta.json"
     return json.loads(meta.read_text()).get("params", {}) if meta.is_file() else {}
@@ -118,16 +138,14 @@ def _tokenize_split(
     reader = pq.ParquetFile(source)
     schema = pa.schema([("input_ids", pa.list_(ids_type)), ("label", pa.int64())])
     rows = tokens = at_max_length = 0
-    # Separate digests of texts and labels, each fed per review, so batching cannot change them.
-    text_digest, label_digest = hashlib.sha256(), hashlib.sha256()
+    content = ContentDigest()
     # Batches stream from disk to disk, so memory stays flat however large the split is.
     with pq.ParquetWriter(target, schema) as writer, tqdm(
         total=reader.metadata.num_rows, desc=f"tokenize {source.stem}", unit="review"
     ) as progress:
         for batch in reader.iter_batches(batch_size=params.batch_size, columns=["text", "label"]):
             texts = batch.column("text").to_pylist()
-            text_digest.update(("\x1e".join(texts) + "\x1e").encode())
-            label_digest.update(batch.column("label").to_numpy().astype("<i8").tobytes())
+            content.update(texts, batch.column("label").to_numpy())
             encoded = tokenizer(
                 texts,
                 truncation=True,
@@ -142,9 +160,7 @@ def _tokenize_split(
             tokens += pc.sum(lengths).as_py() or 0
             at_max_length += pc.sum(pc.equal(lengths, params.max_length)).as_py() or 0
             progress.update(len(ids))
-    return {"rows": rows, "tokens": tokens, "at_max_length": at_max_length, "content_sha256": hashlib.sha256(
-        text_digest.digest() + label_digest.digest()
-    ).hexdigest()}
+    return {"rows": rows, "tokens": tokens, "at_max_length": at_max_length, "content_sha256": content.hexdigest()}
 
 
 def main() -> None:
