@@ -12,9 +12,10 @@ Outputs:
 - `<per-class-out>` (`reports/per_class.csv`): precision, recall, F1 and support per label, drawn by
   `dvc plots show` as a bar chart (the mean of its F1 column is `macro_f1`);
 - `<errors-out>` (`reports/errors.csv`): the most confident wrong predictions, with their text, read
-  by `idx` from `<prepared>/test.parquet` (checked against the hash the tokenize stage recorded);
-- `<card-out>` (`reports/model_card.md`): the model card: base model, data, params, metrics with
-  95% intervals, the training environment (`<environment>`, written by train) and how to load it.
+  by `idx` from `<prepared>/test.parquet` (checked against the hash the tokenize stage recorded).
+
+The scores are computed by `stages/scoring.py`, the code `train` uses for the model card it writes
+into the model folder, so the card and `metrics.json` agree.
 
 Every output is deterministic (no timestamps, a seeded bootstrap), so `dvc repro --force` rewrites
 the same bytes.
@@ -23,21 +24,15 @@ the same bytes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
-import json
 import logging
-import statistics
 import time
 from pathlib import Path
 
-import evaluate
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
-import yaml
-from sklearn.metrics import precision_recall_fscore_support
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -45,16 +40,13 @@ from stages.cli import UserError, run_main
 from stages.examples import TokenizedExamples, make_collator, read_meta
 from stages.outputs import atomic_file, write_json
 from stages.params import EvaluateParams, load_params
+from stages.scoring import score
 from stages.tokenize import ContentDigest
-from stages.train import METRIC_MODULES, TRAINING_PARAMS_FILE, accuracy_metric
 
 log = logging.getLogger(__name__)
 
 ERRORS_TOP = 20  # wrong predictions listed in the errors report, most confident first
 TEXT_CHARS = 300  # characters of each review shown there
-CONFIDENCE = 0.95  # of the intervals in the model card
-BOOTSTRAP_SAMPLES = 2000  # resamples of the eval examples for macro-F1's interval
-BOOTSTRAP_SEED = 0  # fixed, so the same predictions always give the same card
 
 
 def run(
@@ -68,14 +60,11 @@ def run(
     per_class_out: Path | None = None,
     prepared_dir: Path | None = None,
     errors_out: Path | None = None,
-    card_out: Path | None = None,
-    environment: Path | None = None,
 ) -> dict[str, float]:
     """Predict `subset_dir`'s eval examples with `model_dir`; write metrics and predictions.
 
-    Optionally also the reports: per-class scores (`per_class_out`), the most confident errors with
-    their text from `prepared_dir` (`errors_out`), and the model card (`card_out`, which needs
-    `all_params`; `environment` is train's record of the software it ran on, if there is one).
+    Optionally also the reports: per-class scores (`per_class_out`) and the most confident errors
+    with their text from `prepared_dir` (`errors_out`).
     """
     if errors_out is not None and prepared_dir is None:
         raise ValueError("errors_out needs prepared_dir (the texts of the eval examples)")
@@ -88,53 +77,25 @@ def run(
     logits = predict(model, examples, make_collator(tokenizer, meta), params.batch_size)
 
     labels = np.asarray(examples.labels)
-    log_probs = torch.log_softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
-    predictions = log_probs.argmax(axis=-1)
-    losses = -log_probs[np.arange(len(labels)), labels]
-    num_labels = model.config.num_labels
-    f1 = evaluate.load(str(METRIC_MODULES / "f1"))
-    metrics = {
-        "accuracy": accuracy_metric().compute(predictions=predictions, references=labels)["accuracy"],
-        "macro_f1": f1.compute(predictions=predictions, references=labels, labels=list(range(num_labels)))["f1"],
-        "eval_loss": float(losses.mean()),
-        "n_eval": len(labels),
-    }
-    # Rounded so that last-bit float noise never shows up as a change in `dvc metrics diff`.
-    metrics = {key: round(float(value), 6) if key != "n_eval" else value for key, value in metrics.items()}
+    scores = score(logits, labels, model.config.num_labels)
+    metrics = scores.metrics
     write_json(metrics_out, metrics)
     table = pd.DataFrame(
         {
             "idx": examples.idx,
             "label": labels,
-            "prediction": predictions,
-            "confidence": np.exp(log_probs.max(axis=-1)).round(6),
-            "loss": losses.round(6),
+            "prediction": scores.predictions,
+            "confidence": scores.confidence.round(6),
+            "loss": scores.losses.round(6),
         }
     )
     with atomic_file(predictions_out) as tmp:
         table.to_csv(tmp, index=False)
-    info = eval_info(params, meta, examples)
-    write_json(info_out, info)
-
-    per_class = per_class_scores(labels, predictions, num_labels)
+    write_json(info_out, eval_info(params, meta, examples))
     if per_class_out is not None:
-        write_csv(per_class_out, per_class)
+        write_csv(per_class_out, scores.per_class)
     if errors_out is not None:
         write_csv(errors_out, confident_errors(table, read_texts(prepared_dir, meta), ERRORS_TOP))
-    if card_out is not None:
-        card = model_card(
-            model_dir=model_dir,
-            model=model,
-            params=card_params(meta, model_dir, params),
-            meta=meta,
-            info=info,
-            metrics=metrics,
-            intervals=metric_intervals(labels, predictions, num_labels),
-            per_class=per_class,
-            environment=json.loads(environment.read_text()) if environment and environment.is_file() else None,
-        )
-        with atomic_file(card_out) as tmp:
-            tmp.write_text(card)
     return metrics
 
 
@@ -143,25 +104,6 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def per_class_scores(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> pd.DataFrame:
-    """Precision, recall, F1 and support of every label (0 where a label is never predicted).
-
-    Computed as the F1 metric module computes macro-F1 (scikit-learn, `zero_division=0`, every label
-    listed), so the mean of the `f1` column is `macro_f1`.
-    """
-    classes = list(range(num_labels))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predictions, labels=classes, zero_division=0
-    )
-    return pd.DataFrame(
-        {
-            "label": classes,
-            "precision": np.round(precision, 6),
-            "recall": np.round(recall, 6),
-            "f1": np.round(f1, 6),
-            "support": support.astype(int),
-        }
-    )
 
 
 def read_texts(prepared_dir: Path, meta: dict) -> list[str]:
@@ -199,167 +141,14 @@ def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (accuracy: correct out of n_eval)."""
-    if n == 0:
-        return (0.0, 1.0)
-    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    # At 0 or n successes the bounds are exactly 0 and 1; say so rather than leave float noise.
-    low = 0.0 if successes == 0 else max(0.0, float(centre - half))
-    high = 1.0 if successes == n else min(1.0, float(centre + half))
-    return (low, high)
 
 
-def bootstrap_macro_f1(
-    labels: np.ndarray, predictions: np.ndarray, num_labels: int,
-    samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of macro-F1 over resamples of the eval examples.
-
-    Macro-F1 depends on the examples only through the confusion matrix, and resampling n examples
-    with replacement draws that matrix from a multinomial over its cells, so each resample costs
-    num_labels² numbers, not n: cheap for any eval size.
-    """
-    n = len(labels)
-    cells = np.bincount(labels * num_labels + predictions, minlength=num_labels**2)
-    draws = np.random.default_rng(seed).multinomial(n, cells / n, size=samples).reshape(samples, num_labels, num_labels)
-    tp = np.diagonal(draws, axis1=1, axis2=2)
-    fp = draws.sum(axis=1) - tp  # predicted as the class, labelled otherwise
-    fn = draws.sum(axis=2) - tp
-    denominator = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=denominator > 0).mean(axis=1)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(f1, [alpha, 1 - alpha])
-    return (float(low), float(high))
 
 
-def metric_intervals(
-    labels: np.ndarray, predictions: np.ndarray, num_labels: int
-) -> dict[str, tuple[float, float, str]]:
-    """95% intervals of accuracy and macro-F1 over the eval examples: (low, high, method)."""
-    correct = int((labels == predictions).sum())
-    return {
-        "accuracy": (*wilson_interval(correct, len(labels)), "Wilson score interval"),
-        "macro_f1": (
-            *bootstrap_macro_f1(labels, predictions, num_labels),
-            f"bootstrap over eval examples ({BOOTSTRAP_SAMPLES:,} resamples, seed {BOOTSTRAP_SEED})",
-        ),
-    }
 
 
-def model_card(
-    *,
-    model_dir: Path,
-    model: torch.nn.Module,
-    params: dict[str, dict],
-    meta: dict,
-    info: dict,
-    metrics: dict,
-    intervals: dict[str, tuple[float, float, str]],
-    per_class: pd.DataFrame,
-    environment: dict | None,
-) -> str:
-    """The model card as Markdown: what the model is, what it was trained on, how well it does."""
-    config = model.config
-    n_parameters = sum(p.numel() for p in model.parameters())
-    revision = lambda value: f"`{value}`" if value else "default branch (not pinned)"  # noqa: E731
-    percent = int(round(CONFIDENCE * 100))
-    lines = [
-        f"# Model card: `{model_dir}`",
-        "",
-        f"`{config.architectures[0] if config.architectures else type(model).__name__}` fine-tuned for "
-        f"{config.num_labels}-way review-star classification (label 0 = 1 star, ..., "
-        f"label {config.num_labels - 1} = {config.num_labels} stars). Written by the `evaluate` stage from "
-        "the run that produced the model; `dvc.lock` pins every input.",
-        "",
-        "## Model",
-        "",
-        f"- Base model: `{params['model']['name']}`, revision {revision(params['model']['revision'])}",
-        f"- Parameters: {n_parameters / 1e6:.1f}M ({n_parameters:,}), {config.num_labels} labels",
-        f"- Tokenized to at most {meta['max_length']} tokens, padding `{meta['padding']}`",
-        "",
-        "## Data",
-        "",
-        f"- Dataset: `{params['data']['dataset']}`, revision {revision(params['data']['revision'])}",
-        f"- Trained on {params['subset']['train_size']:,} examples of the train split, evaluated on "
-        f"{metrics['n_eval']:,} of the test split (seeded selection, `subset.seed` {params['subset']['seed']})",
-        f"- Eval profile `{info['profile']}`, eval fingerprint `{info['eval_fingerprint'][:16]}`",
-        "",
-        f"## Metrics (eval subset, n = {metrics['n_eval']:,}, {percent}% intervals)",
-        "",
-        "| metric | value | interval | method |",
-        "| --- | --- | --- | --- |",
-    ]
-    for name in ("accuracy", "macro_f1", "eval_loss"):
-        if name in intervals:
-            low, high, method = intervals[name]
-            lines.append(f"| {name} | {metrics[name]:.4f} | {low:.4f} – {high:.4f} | {method} |")
-        else:
-            lines.append(f"| {name} | {metrics[name]:.4f} | | mean cross-entropy |")
-    lines += [
-        "",
-        "The intervals cover the choice of eval examples only, not the training seed; see the README's",
-        "multi-seed baseline for that.",
-        "",
-        "Per label:",
-        "",
-        "| label | precision | recall | f1 | support |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    lines += [
-        f"| {row.label} | {row.precision:.4f} | {row.recall:.4f} | {row.f1:.4f} | {row.support} |"
-        for row in per_class.itertuples()
-    ]
-    sections = params
-    lines += [
-        "",
-        "## Params",
-        "",
-        "```yaml",
-        yaml.safe_dump(sections, sort_keys=False).rstrip(),
-        "```",
-        "",
-        "## Training environment",
-        "",
-    ]
-    if environment:
-        lines += ["| | |", "| --- | --- |"] + [f"| {key} | `{value}` |" for key, value in sorted(environment.items())]
-    else:
-        lines.append("Not recorded (the train stage writes `reports/environment.json`).")
-    lines += [
-        "",
-        "## How to load it",
-        "",
-        "```python",
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-        "",
-        f'model = AutoModelForSequenceClassification.from_pretrained("{model_dir}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{model_dir}")',
-        f'inputs = tokenizer(["The food was great."], truncation=True, max_length={meta["max_length"]},',
-        '                   return_tensors="pt")',
-        "stars = model(**inputs).logits.argmax(-1) + 1  # label 0 is 1 star",
-        "```",
-        "",
-        f"On a fresh clone, `dvc pull {model_dir}` fetches the model from the DVC remote first.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
-def card_params(meta: dict, model_dir: Path, evaluate_params: EvaluateParams) -> dict[str, dict]:
-    """The params of the run, as each stage recorded its own section: data, model, tokenize and
-    subset in the subset's meta.json, train beside the model, and ours. No stage reads another's
-    section of params.yaml, and the card cannot show a value the outputs were not made with."""
-    training = json.loads((model_dir / TRAINING_PARAMS_FILE).read_text()) if (model_dir / TRAINING_PARAMS_FILE).is_file() else {}
-    recorded = {**meta.get("params", {}), "train": training.get("train", "not recorded")}
-    missing = [name for name in ("data", "model", "tokenize", "subset") if name not in recorded]
-    if missing:
-        raise UserError(f"{', '.join(missing)} params not recorded in the subset's meta.json; rerun the pipeline (dvc repro)")
-    return {**{name: recorded[name] for name in ("data", "model", "tokenize", "subset", "train")},
-            "evaluate": dataclasses.asdict(evaluate_params)}
 
 
 def eval_info(params: EvaluateParams, meta: dict, examples: TokenizedExamples) -> dict:
@@ -404,8 +193,6 @@ def main() -> None:
     parser.add_argument("--per-class-out", type=Path, help="per-label precision, recall, F1 (CSV)")
     parser.add_argument("--prepared", type=Path, help="prepared data (data/prepared), for the texts of the errors")
     parser.add_argument("--errors-out", type=Path, help="most confident wrong predictions with their text (CSV)")
-    parser.add_argument("--environment", type=Path, help="train's environment record (reports/environment.json)")
-    parser.add_argument("--card-out", type=Path, help="model card (Markdown)")
     args = parser.parse_args()
     if args.errors_out is not None and args.prepared is None:
         parser.error("--errors-out needs --prepared (the texts of the eval examples)")
@@ -416,12 +203,8 @@ def main() -> None:
         per_class_out=args.per_class_out,
         prepared_dir=args.prepared,
         errors_out=args.errors_out,
-        card_out=args.card_out,
-        environment=args.environment,
     )
-    written = [
-        args.metrics_out, args.predictions_out, args.info_out, args.per_class_out, args.errors_out, args.card_out
-    ]
+    written = [args.metrics_out, args.predictions_out, args.info_out, args.per_class_out, args.errors_out]
     log.info(
         "evaluated %d examples in %.1fs: accuracy %.4f, macro_f1 %.4f, eval_loss %.4f -> %s",
         metrics["n_eval"], time.perf_counter() - started,

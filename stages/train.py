@@ -2,14 +2,15 @@
 
 Params: `model.*`, `data.num_labels`, `train.*`. Input: `<subset>/train.parquet`,
 `<subset>/eval.parquet`, `<subset>/meta.json`. Outputs: `<model-out>/` (the final model as
-safetensors, with its tokenizer) and `<history-out>` (a CSV row per epoch: eval loss and accuracy,
-as the tutorial reports them).
+safetensors, with its tokenizer, the params it was trained with and its model card, `README.md`)
+and `<history-out>` (a CSV row per epoch: eval loss and accuracy, as the tutorial reports them).
 
 With `--checkpoints DIR`, an interrupted run resumes from its last checkpoint there when it is rerun
 with the same params, data and code (`stages/checkpoints.py`).
 
 Accuracy is computed through the `evaluate` library from the metric module shipped in
-`stages/metric_modules/accuracy`, so it loads with no network.
+`stages/metric_modules/accuracy`, so it loads with no network. The model card's metrics are the
+Trainer's evaluation after the last epoch, scored as `evaluate` scores them (`stages/scoring.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import evaluate
 import numpy as np
 import pandas as pd
 import torch
@@ -35,7 +35,7 @@ from transformers import (
     set_seed,
 )
 
-from stages import checkpoints, hub
+from stages import checkpoints, hub, model_card, scoring
 from stages.cli import UserError, run_main
 from stages.examples import TokenizedExamples, make_collator, read_meta
 from stages.devices import Device, device_arguments
@@ -46,9 +46,6 @@ from stages.params import ModelParams, TrainParams, load_params
 from stages.tokenize import load_tokenizer
 
 log = logging.getLogger(__name__)
-
-METRIC_MODULES = Path(__file__).parent / "metric_modules"
-
 
 def load_pretrained(model: ModelParams, num_labels: int) -> PreTrainedModel:
     """The pretrained encoder with a fresh `num_labels`-way classification head (safetensors only)."""
@@ -65,14 +62,13 @@ def load_pretrained(model: ModelParams, num_labels: int) -> PreTrainedModel:
         raise UserError(f"model.name = {model.name!r}: cannot load safetensors weights from {model_dir}: {first_line}") from None
 
 
-def accuracy_metric() -> evaluate.EvaluationModule:
-    return evaluate.load(str(METRIC_MODULES / "accuracy"))
-
-
 TRAINING_PARAMS_FILE = "training_params.json"
 
 # The code a checkpoint depends on: a change to any of these makes old checkpoints stale.
-CODE_FILES = [Path(__file__).with_name(name) for name in ("train.py", "examples.py", "tokenize.py", "hub.py", "params.py", "devices.py")]
+CODE_FILES = [
+    Path(__file__).with_name(name)
+    for name in ("train.py", "examples.py", "tokenize.py", "hub.py", "params.py", "devices.py", "scoring.py", "model_card.py")
+]
 
 
 def run(
@@ -97,15 +93,21 @@ def run(
             f"{subset_dir} was tokenized for model {meta['model']!r}, but model.name is {model.name!r}; "
             "rerun the pipeline (dvc repro) so tokenize uses the same model"
         )
+    recorded = meta.get("params", {})
+    missing = [name for name in ("data", "model", "tokenize", "subset") if name not in recorded]
+    if missing:
+        raise UserError(f"{subset_dir / 'meta.json'}: {', '.join(missing)} params not recorded; rerun the pipeline (dvc repro)")
     train_examples = TokenizedExamples(subset_dir / "train.parquet")
     eval_examples = TokenizedExamples(subset_dir / "eval.parquet")
     # Seed before the classification head is initialised, so its weights are reproducible.
     set_seed(params.seed)
     classifier = load_pretrained(model, num_labels)
     tokenizer = load_tokenizer(model)
-    accuracy = accuracy_metric()
+    accuracy = scoring.accuracy_metric()
+    last_eval: dict = {}  # the latest evaluation's step, logits and labels: the model card's source
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        last_eval.update(step=trainer.state.global_step, logits=prediction.predictions, labels=prediction.label_ids)
         return accuracy.compute(predictions=np.argmax(prediction.predictions, axis=-1), references=prediction.label_ids)
 
     resume_from = None
@@ -133,16 +135,34 @@ def run(
             callbacks=[checkpoints.MarkComplete()] + ([LiveMetrics(live_dir)] if live_dir else []),
         )
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        # The evaluation after the last epoch is of the final model; a run resumed from its very
+        # last checkpoint evaluated nothing in this process, so it predicts once more.
+        if last_eval.get("step") != trainer.state.global_step:
+            output = trainer.predict(eval_examples)
+            last_eval.update(logits=output.predictions, labels=output.label_ids)
+    scores = scoring.score(last_eval["logits"], last_eval["labels"], num_labels)
     history = epoch_history(trainer.state.log_history)
+    environment = software_environment()
+    card = model_card.model_card(
+        model_path=str(model_out),
+        model=classifier,
+        params={**{name: recorded[name] for name in ("data", "model", "tokenize", "subset")}, "train": asdict(params)},
+        meta=meta,
+        scores=scores,
+        history=history,
+        environment=environment,
+        precision="bf16" if device_args["bf16"] else "fp16" if device_args["fp16"] else "fp32",
+    )
     with atomic_dir(model_out) as tmp:
         classifier.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        # What the model was trained with, inside the folder so it travels with it.
+        # What the model was trained with and how well it does, inside the folder so they travel with it.
         write_json(tmp / TRAINING_PARAMS_FILE, {"num_labels": num_labels, "train": asdict(params)})
+        (tmp / model_card.FILE_NAME).write_text(card)
     with atomic_file(history_out) as tmp:
         history.to_csv(tmp, index=False)
     if environment_out is not None:
-        write_json(environment_out, software_environment())
+        write_json(environment_out, environment)
     if checkpoint_dir is not None:
         checkpoints.finish(checkpoint_dir)
     return history

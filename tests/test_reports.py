@@ -1,21 +1,21 @@
-"""The evaluate stage's reports: per-class F1 (a DVC plot), the most confident errors, the model card."""
+"""The reports: per-class F1 (a DVC plot), the most confident errors, the model card, and the plots."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cmd, tiny_overrides, write_params
-from stages import evaluate, prepare, subset, tokenize, train
+from conftest import run_cmd, stage_env, tiny_overrides, write_params
+from stages import evaluate, prepare, scoring, subset, tokenize, train
 from stages.cli import UserError
 from stages.environment import software_environment
-from stages.outputs import write_json
 from stages.params import Params, load_params
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,9 +29,11 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     prepare.run(params.data, root / "prepared")
     tokenize.run(params.model, params.tokenize, root / "prepared", root / "tokenized")
     subset.run(params.subset, root / "tokenized", root / "subset")
-    train.run(params.model, params.data.num_labels, params.train, root / "subset", root / "model", root / "epochs.csv")
-    write_json(root / "environment.json", software_environment())
-    names = ("metrics.json", "predictions.csv", "per_class.csv", "errors.csv", "model_card.md")
+    train.run(
+        params.model, params.data.num_labels, params.train, root / "subset", root / "model", root / "epochs.csv",
+        environment_out=root / "environment.json",
+    )
+    names = ("metrics.json", "predictions.csv", "per_class.csv", "errors.csv")
     paths = {name: root / name for name in names}
     evaluate.run(
         params.evaluate, root / "model", root / "subset",
@@ -39,8 +41,6 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
         per_class_out=paths["per_class.csv"],
         prepared_dir=root / "prepared",
         errors_out=paths["errors.csv"],
-        card_out=paths["model_card.md"],
-        environment=root / "environment.json",
     )
     return {**paths, "root": root, "params": params}
 
@@ -94,32 +94,41 @@ def test_errors_refuse_prepared_data_the_subset_was_not_made_from(evaluated: dic
         evaluate.read_texts(other, meta)
 
 
-def test_model_card_holds_the_run(evaluated: dict) -> None:
-    card = evaluated["model_card.md"].read_text()
+def test_model_card_in_the_model_folder_holds_the_run(evaluated: dict) -> None:
+    """train writes README.md into the model folder; its metrics are evaluate's metrics.json."""
+    card = (evaluated["root"] / "model" / "README.md").read_text()
     metrics = json.loads(evaluated["metrics.json"].read_text())
     params: Params = evaluated["params"]
+    assert card.startswith("---\nlibrary_name: transformers\n")  # Hub card metadata
     for name in ("accuracy", "macro_f1", "eval_loss"):
-        assert f"| {name} | {metrics[name]:.4f} |" in card
+        assert f"| {name} | {metrics[name]:.4f} |" in card, name
     assert f"n = {metrics['n_eval']}" in card
+    predictions = pd.read_csv(evaluated["predictions.csv"])
+    low, high, _ = scoring.metric_intervals(predictions["label"].to_numpy(), predictions["prediction"].to_numpy(), 5)["accuracy"]
+    assert f"| accuracy | {metrics['accuracy']:.4f} | {low:.4f} – {high:.4f} | Wilson score interval |" in card
+    per_class = pd.read_csv(evaluated["per_class.csv"])
+    assert f"| 0 | {per_class['precision'][0]:.4f} | {per_class['recall'][0]:.4f} | {per_class['f1'][0]:.4f} |" in card
     environment = json.loads((evaluated["root"] / "environment.json").read_text())
+    assert environment == software_environment()
     assert f"| torch | `{environment['torch']}` |" in card
     assert f"Base model: `{params.model.name}`" in card
-    assert f"learning_rate: {params.train.learning_rate}" in card
+    assert f"Dataset: `{params.data.dataset}`, revision default branch (not pinned)" in card
+    assert f"learning_rate: {params.train.learning_rate}" in card and f"train_size: {params.subset.train_size}" in card
     assert f'AutoModelForSequenceClassification.from_pretrained("{evaluated["root"] / "model"}")' in card
 
 
 def test_intervals_bracket_the_metrics() -> None:
-    low, high = evaluate.wilson_interval(594, 1000)
+    low, high = scoring.wilson_interval(594, 1000)
     assert (round(low, 4), round(high, 4)) == (0.5633, 0.6240)  # the textbook Wilson interval
-    assert evaluate.wilson_interval(0, 10)[0] == 0.0 and evaluate.wilson_interval(10, 10)[1] == 1.0
+    assert scoring.wilson_interval(0, 10)[0] == 0.0 and scoring.wilson_interval(10, 10)[1] == 1.0
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 5, 500)
     predictions = np.where(rng.random(500) < 0.6, labels, rng.integers(0, 5, 500))
-    intervals = evaluate.metric_intervals(labels, predictions, 5)
-    macro_f1 = evaluate.per_class_scores(labels, predictions, 5)["f1"].mean()
+    intervals = scoring.metric_intervals(labels, predictions, 5)
+    macro_f1 = scoring.per_class_scores(labels, predictions, 5)["f1"].mean()
     assert intervals["macro_f1"][0] < macro_f1 < intervals["macro_f1"][1]
     assert 0.03 < intervals["macro_f1"][1] - intervals["macro_f1"][0] < 0.15
-    assert evaluate.metric_intervals(labels, predictions, 5) == intervals  # seeded
+    assert scoring.metric_intervals(labels, predictions, 5) == intervals  # seeded
 
 
 def _plots(shown: dict, name: str) -> list[dict]:
@@ -130,9 +139,12 @@ def _plots(shown: dict, name: str) -> list[dict]:
 @pytest.mark.slow
 def test_dvc_shows_the_plots(project: Path, tmp_path: Path) -> None:
     run_cmd(["dvc", "repro"], project)
-    for name in ("per_class.csv", "errors.csv", "model_card.md"):
+    for name in ("per_class.csv", "errors.csv"):
         assert (project / "reports" / name).is_file(), name
-    assert "| torch |" in (project / "reports" / "model_card.md").read_text()
+    card = (project / "models" / "model" / "README.md").read_text()
+    accuracy = json.loads((project / "metrics.json").read_text())["accuracy"]
+    assert "| torch |" in card and f"| accuracy | {accuracy:.4f} |" in card
+    assert 'from_pretrained("models/model")' in card
 
     shown = json.loads(run_cmd(["dvc", "plots", "show", "--json"], project).stdout)
     per_class = _plots(shown, "per_class.csv")
@@ -172,3 +184,49 @@ def test_dvc_shows_the_plots(project: Path, tmp_path: Path) -> None:
         assert f'<div id="{element}"' in dom, dom[:2000]
     assert '"title": {"text": "F1 per label (eval subset)"' in dom and '"field": "f1"' in dom
     assert '"title": {"text": "Confusion matrix (eval subset)"' in dom
+
+
+def _workspace_live_summary(project: Path) -> dict | None:
+    """The workspace row's DVCLive summary in `dvc exp show --json`, None while there is none."""
+    shown = run_cmd(["dvc", "exp", "show", "--json"], project).stdout
+    workspace = next(row for row in json.loads(shown) if row["rev"] == "workspace")
+    summary = workspace["data"]["metrics"].get("dvclive/metrics.json", {})
+    return summary.get("data")
+
+
+@pytest.mark.slow
+def test_exp_show_follows_a_running_experiment(project: Path, tmp_path: Path) -> None:
+    """While `dvc exp run` trains, `dvc exp show` shows its step, loss and eval accuracy."""
+    run_cmd(["dvc", "repro", "subset"], project)
+    run_cmd(["git", "add", "-A"], project)
+    run_cmd(["git", "commit", "-qm", "data"], project)
+    # 60 epochs of 10 steps, about 20 s, long enough to look in on. Training keeps to one thread so
+    # that `dvc exp show` has the other core: torch slows tenfold when its threads must share one.
+    # Its output goes to a file: a pipe nobody reads fills up and stalls the run.
+    log = tmp_path / "exp-run.log"
+    with log.open("w") as output:
+        running = subprocess.Popen(
+            ["dvc", "exp", "run", "-S", "train.epochs=60"], cwd=project, env={**stage_env(), "OMP_NUM_THREADS": "1"},
+            stdout=output, stderr=subprocess.STDOUT,
+        )
+        seen_while_running: list[dict] = []
+        try:
+            deadline = time.monotonic() + 300
+            while running.poll() is None and time.monotonic() < deadline:
+                summary = _workspace_live_summary(project)
+                if summary is not None and running.poll() is None and summary["step"] < 600:
+                    seen_while_running.append(summary)
+                time.sleep(1)
+            running.wait(timeout=300)
+        finally:
+            running.kill()
+    output = log.read_text()
+    assert running.returncode == 0, output
+    assert len(seen_while_running) >= 2, f"no live summary seen while training\n{output}"
+    steps = [summary["step"] for summary in seen_while_running]
+    assert steps == sorted(steps) and steps[0] < steps[-1] < 600, steps
+    middle = seen_while_running[-1]
+    assert middle["train"]["loss"] > 0 and 0 <= middle["eval"]["accuracy"] <= 1 and 0 < middle["epoch"] < 60
+    final = _workspace_live_summary(project)
+    assert final["step"] == 600 and final["epoch"] == 60
+    assert final["eval"]["accuracy"] == pytest.approx(json.loads((project / "metrics.json").read_text())["accuracy"], abs=1e-6)
