@@ -59,6 +59,16 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def resume_point(folder: Path, expected: dict[str, str]) -> Path | None:
+    """The newest complete checkpoint in `folder` if it was made with `expected`, else None; changes
+    nothing (the processes of a multi-process run read it after the launcher ran `prepare`)."""
+    recorded_file = folder / FINGERPRINT_FILE
+    if not recorded_file.is_file() or json.loads(recorded_file.read_text()) != expected:
+        return None
+    complete = complete_checkpoints(folder)
+    return complete[-1] if complete else None
+
+
 def prepare(folder: Path, expected: dict[str, str]) -> Path | None:
     """Make `folder` ready for this run; return the checkpoint to resume from, or None to start fresh.
 

@@ -39,7 +39,9 @@ class Device:
             mps = torch.backends.mps.is_available()
             return cls(cuda=False, bf16=False, tf32=False, name="mps" if mps else "cpu", mps=mps)
         major, _ = torch.cuda.get_device_capability(0)
-        return cls(cuda=True, bf16=torch.cuda.is_bf16_supported(), tf32=major >= 8, name=torch.cuda.get_device_name(0))
+        # Native bf16 only: older GPUs emulate it, far slower than fp16.
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return cls(cuda=True, bf16=bf16, tf32=major >= 8, name=torch.cuda.get_device_name(0))
 
 
 def device_arguments(params: TrainParams, device: Device) -> dict[str, Any]:

@@ -172,13 +172,14 @@ def predict(model: torch.nn.Module, examples: TokenizedExamples, collator, batch
     Batches are formed from examples sorted by length, so dynamic padding adds little; the order is
     restored before returning.
     """
-    model.eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # fp32 on either
+    model.eval().to(device)
     order = np.argsort([len(ids) for ids in examples.input_ids], kind="stable")
     logits = np.zeros((len(examples), model.config.num_labels), dtype=np.float32)
     for start in tqdm(range(0, len(order), batch_size), desc="predict", unit="batch"):
         rows = order[start : start + batch_size]
-        batch = collator([{"input_ids": examples.input_ids[i]} for i in rows])
-        logits[rows] = model(**batch).logits.float().numpy()
+        batch = collator([{"input_ids": examples.input_ids[i]} for i in rows]).to(device)
+        logits[rows] = model(**batch).logits.float().cpu().numpy()
     return logits
 
 

@@ -67,6 +67,7 @@ class TokenizeParams:
     max_length: int = field(metadata=_rule(ge=8))
     padding: str = field(metadata=_rule(choices=("dynamic", "max_length")))
     batch_size: int = field(metadata=_rule(ge=1))
+    num_proc: int | None = field(metadata=_rule(ge=1))
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,10 @@ class TrainParams:
     optimizer: str = field(metadata=_rule(choices=("auto", "adamw_torch", "adamw_torch_fused")))
     dataloader_workers: int | None = field(metadata=_rule(ge=0))
     torch_compile: bool
+    nproc_per_node: int = field(metadata=_rule(ge=1))
+    nnodes: int = field(metadata=_rule(ge=1))
+    master_addr: str
+    master_port: int = field(metadata=_rule(ge=1, le=65535))
 
 
 @dataclass(frozen=True)

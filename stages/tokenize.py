@@ -9,6 +9,10 @@ batch, added at train time (`dynamic`, to the longest example in the batch) or t
 tutorial's behaviour). The attention mask and token type ids are all ones and all zeros before
 padding, so storing them would only triple the size; the collator rebuilds them. The full data is
 tokenized once, so changing subset sizes never re-tokenizes.
+
+Batches stream from the input file to the output file, so memory stays flat at any data size. Large
+splits are tokenized by `tokenize.num_proc` worker processes (null: one per core, once a split is
+big enough to repay their start-up); the output is the same bytes whatever the number.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +44,9 @@ from stages.params import ModelParams, ParamsError, TokenizeParams, load_params
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
+# With num_proc null, a split gets one worker per this many reviews (up to one per core): a worker
+# takes about 2 s to start (importing transformers), which tokenizing 20,000 reviews repays.
+ROWS_PER_WORKER = 20_000
 
 
 def load_tokenizer(model: ModelParams) -> PreTrainedTokenizerBase:
@@ -88,16 +99,17 @@ def run(model: ModelParams, params: TokenizeParams, prepared_dir: Path, out_dir:
         # runs were evaluated on the same examples.
         "content_sha256": {},
         # Each stage's own params, carried forward (see prepare): what the model card prints.
+        # num_proc is left out: how many processes did the work does not change the output.
         "params": {
             **_recorded_params(prepared_dir),
             "model": dataclasses.asdict(model),
-            "tokenize": dataclasses.asdict(params),
+            "tokenize": {key: value for key, value in dataclasses.asdict(params).items() if key != "num_proc"},
         },
     }
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             counts = _tokenize_split(
-                tokenizer, params, prepared_dir / f"{split}.parquet", tmp / f"{split}.parquet", ids_type
+                tokenizer, model, params, prepared_dir / f"{split}.parquet", tmp / f"{split}.parquet", ids_type
             )
             for key, value in counts.items():
                 meta[key][split] = value
@@ -130,30 +142,27 @@ def _recorded_params(prepared_dir: Path) -> dict:
 
 
 def _tokenize_split(
-    tokenizer: PreTrainedTokenizerBase, params: TokenizeParams, source: Path, target: Path, ids_type: pa.DataType
+    tokenizer: PreTrainedTokenizerBase,
+    model: ModelParams,
+    params: TokenizeParams,
+    source: Path,
+    target: Path,
+    ids_type: pa.DataType,
 ) -> dict[str, int | str]:
     """Tokenize one split from `source` into `target`; return its row, token and truncation counts."""
     if not source.is_file():
         raise UserError(f"{source}: not found; run the prepare stage first (dvc repro prepare)")
     reader = pq.ParquetFile(source)
+    num_rows = reader.metadata.num_rows
+    workers = params.num_proc if params.num_proc is not None else min(os.cpu_count() or 1, num_rows // ROWS_PER_WORKER)
     schema = pa.schema([("input_ids", pa.list_(ids_type)), ("label", pa.int64())])
     rows = tokens = at_max_length = 0
     content = ContentDigest()
-    # Batches stream from disk to disk, so memory stays flat however large the split is.
+    batches = reader.iter_batches(batch_size=params.batch_size, columns=["text", "label"])
     with pq.ParquetWriter(target, schema) as writer, tqdm(
-        total=reader.metadata.num_rows, desc=f"tokenize {source.stem}", unit="review"
+        total=num_rows, desc=f"tokenize {source.stem}", unit="review"
     ) as progress:
-        for batch in reader.iter_batches(batch_size=params.batch_size, columns=["text", "label"]):
-            texts = batch.column("text").to_pylist()
-            content.update(texts, batch.column("label").to_numpy())
-            encoded = tokenizer(
-                texts,
-                truncation=True,
-                max_length=params.max_length,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )["input_ids"]
-            ids = pa.array(encoded, type=pa.list_(ids_type))
+        for batch, ids in _encoded_batches(batches, tokenizer, model, params, ids_type, workers, content):
             writer.write_table(pa.Table.from_arrays([ids, batch.column("label")], schema=schema))
             lengths = pc.list_value_length(ids)
             rows += len(ids)
@@ -161,6 +170,54 @@ def _tokenize_split(
             at_max_length += pc.sum(pc.equal(lengths, params.max_length)).as_py() or 0
             progress.update(len(ids))
     return {"rows": rows, "tokens": tokens, "at_max_length": at_max_length, "content_sha256": content.hexdigest()}
+
+
+def _encoded_batches(batches, tokenizer, model, params, ids_type, workers, content):
+    """(batch, token ids) in input order, encoded here or by `workers` processes.
+
+    Each batch's texts are hashed into `content` as they are read. With workers, at most two batches
+    per worker are in flight, so memory stays flat however large the split.
+    """
+    if workers <= 1:
+        for batch in batches:
+            texts = batch.column("text").to_pylist()
+            content.update(texts, batch.column("label").to_numpy())
+            yield batch, _encode(tokenizer, texts, params.max_length, ids_type)
+        return
+    # Spawned, not forked: a forked copy of a process whose tokenizer thread pool has run is unsafe
+    # (the tokenizers library then turns its parallelism off to avoid deadlocks).
+    with ProcessPoolExecutor(workers, get_context("spawn"), _start_worker, (model, params.max_length, ids_type)) as pool:
+        pending: deque[tuple[pa.RecordBatch, Future]] = deque()
+        for batch in batches:
+            texts = batch.column("text").to_pylist()
+            content.update(texts, batch.column("label").to_numpy())
+            pending.append((batch, pool.submit(_encode_in_worker, texts)))
+            if len(pending) >= 2 * workers:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, ids_type: pa.DataType) -> pa.Array:
+    encoded = tokenizer(
+        texts, truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False
+    )["input_ids"]
+    return pa.array(encoded, type=pa.list_(ids_type))
+
+
+_worker: dict = {}  # in a worker process: its tokenizer and settings
+
+
+def _start_worker(model: ModelParams, max_length: int, ids_type: pa.DataType) -> None:
+    # The processes are the parallelism; each tokenizer's own thread pool would only compete.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _worker.update(tokenizer=load_tokenizer(model), max_length=max_length, ids_type=ids_type)
+
+
+def _encode_in_worker(texts: list[str]) -> pa.Array:
+    return _encode(_worker["tokenizer"], texts, _worker["max_length"], _worker["ids_type"])
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ safetensors, with its tokenizer, the params it was trained with and its model ca
 and `<history-out>` (a CSV row per epoch: eval loss and accuracy, as the tutorial reports them).
 
 With `--checkpoints DIR`, an interrupted run resumes from its last checkpoint there when it is rerun
-with the same params, data and code (`stages/checkpoints.py`).
+with the same params, data and code (`stages/checkpoints.py`). With `train.nproc_per_node` or
+`train.nnodes` above 1, the stage relaunches itself under torchrun (`stages/distributed.py`).
 
 Accuracy is computed through the `evaluate` library from the metric module shipped in
 `stages/metric_modules/accuracy`, so it loads with no network. The model card's metrics are the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -35,7 +37,7 @@ from transformers import (
     set_seed,
 )
 
-from stages import checkpoints, hub, model_card, scoring
+from stages import checkpoints, distributed, hub, model_card, scoring
 from stages.cli import UserError, run_main
 from stages.examples import TokenizedExamples, make_collator, read_meta
 from stages.devices import Device, device_arguments
@@ -67,7 +69,7 @@ TRAINING_PARAMS_FILE = "training_params.json"
 # The code a checkpoint depends on: a change to any of these makes old checkpoints stale.
 CODE_FILES = [
     Path(__file__).with_name(name)
-    for name in ("train.py", "examples.py", "tokenize.py", "hub.py", "params.py", "devices.py", "scoring.py", "model_card.py")
+    for name in ("train.py", "examples.py", "tokenize.py", "hub.py", "params.py", "devices.py", "scoring.py", "model_card.py", "distributed.py")
 ]
 
 
@@ -112,14 +114,12 @@ def run(
 
     resume_from = None
     if checkpoint_dir is not None:
-        expected = checkpoints.fingerprint(
-            params={"model": asdict(model), "num_labels": num_labels, "train": asdict(params)},
-            data_files=[subset_dir / "train.parquet", subset_dir / "eval.parquet", subset_dir / "meta.json"],
-            code_files=CODE_FILES,
-            versions={"torch": torch.__version__, "transformers": transformers.__version__},
-        )
-        resume_from = checkpoints.prepare(checkpoint_dir, expected)
-        if resume_from is not None:
+        expected = checkpoint_fingerprint(model, num_labels, params, subset_dir, device_args)
+        if distributed.launched():  # the launcher prepared the folder; each process only reads it
+            resume_from = checkpoints.resume_point(checkpoint_dir, expected)
+        else:
+            resume_from = checkpoints.prepare(checkpoint_dir, expected)
+        if resume_from is not None and distributed.is_main_process():
             step, total = checkpoints.step_of(resume_from)
             log.info("resuming from %s (step %d of %d)", resume_from, step, total)
 
@@ -129,7 +129,7 @@ def run(
             args=training_arguments(params, checkpoint_dir or Path(scratch), checkpoint_dir is not None, device_args),
             train_dataset=train_examples,
             eval_dataset=eval_examples,
-            data_collator=make_collator(tokenizer, meta),
+            data_collator=make_collator(tokenizer, meta, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
             processing_class=tokenizer,
             compute_metrics=compute_metrics,
             callbacks=[checkpoints.MarkComplete()] + ([LiveMetrics(live_dir)] if live_dir else []),
@@ -140,8 +140,10 @@ def run(
         if last_eval.get("step") != trainer.state.global_step:
             output = trainer.predict(eval_examples)
             last_eval.update(logits=output.predictions, labels=output.label_ids)
-    scores = scoring.score(last_eval["logits"], last_eval["labels"], num_labels)
     history = epoch_history(trainer.state.log_history)
+    if not distributed.is_main_process():
+        return history
+    scores = scoring.score(last_eval["logits"], last_eval["labels"], num_labels)
     environment = software_environment()
     card = model_card.model_card(
         model_path=str(model_out),
@@ -168,6 +170,19 @@ def run(
     return history
 
 
+def checkpoint_fingerprint(
+    model: ModelParams, num_labels: int, params: TrainParams, subset_dir: Path, device_args: dict
+) -> dict[str, str]:
+    """What this run's checkpoints depend on: params and the device settings they resolved to (a CPU
+    checkpoint is not resumed in bf16 on a GPU), training data, code and library versions."""
+    return checkpoints.fingerprint(
+        params={"model": asdict(model), "num_labels": num_labels, "train": asdict(params), "device": device_args},
+        data_files=[subset_dir / "train.parquet", subset_dir / "eval.parquet", subset_dir / "meta.json"],
+        code_files=CODE_FILES,
+        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+    )
+
+
 def training_arguments(
     params: TrainParams, output_dir: Path, save: bool = False, device_args: dict | None = None
 ) -> TrainingArguments:
@@ -186,13 +201,14 @@ def training_arguments(
         num_train_epochs=params.epochs,
         max_steps=params.max_steps if params.max_steps is not None else -1,
         learning_rate=params.learning_rate,
-        per_device_train_batch_size=params.batch_size,
+        per_device_train_batch_size=distributed.per_process_batch_size(params),
         per_device_eval_batch_size=params.eval_batch_size,
         weight_decay=params.weight_decay,
         warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         seed=params.seed,
         data_seed=params.seed,
         train_sampling_strategy="group_by_length" if params.group_by_length else "random",
+        average_tokens_across_devices=True,  # the logged loss is over all processes' tokens
         eval_strategy="epoch",
         logging_strategy="steps",
         logging_steps=params.logging_steps,
@@ -229,10 +245,25 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     started = time.perf_counter()
+    if distributed.world_size(params.train) > 1 and not distributed.launched():
+        # Checked once here rather than in every process: settings, the batch split, the checkpoints.
+        device_args = device_arguments(params.train, Device.detect())
+        distributed.per_process_batch_size(params.train)
+        if args.checkpoints is not None:
+            expected = checkpoint_fingerprint(params.model, params.data.num_labels, params.train, args.subset, device_args)
+            checkpoints.prepare(args.checkpoints, expected)
+        log.info("launching %d training processes with torchrun", distributed.world_size(params.train))
+        status = distributed.launch(params.train, "stages.train", sys.argv[1:])
+        if status != 0:
+            raise UserError(f"training failed in a torchrun process (exit status {status}); its error is above")
+        log.info("trained %s in %.1fs", args.model_out, time.perf_counter() - started)
+        return
     history = run(
         params.model, params.data.num_labels, params.train, args.subset, args.model_out, args.history_out,
         args.checkpoints, args.environment_out, args.live,
     )
+    if not distributed.is_main_process():
+        return
     for row in history.itertuples():
         log.info("epoch %.2f (step %d): eval_loss %.4f, eval_accuracy %.4f", row.epoch, row.step, row.eval_loss, row.eval_accuracy)
     log.info("trained %s in %.1fs", args.model_out, time.perf_counter() - started)

@@ -108,7 +108,7 @@ def run_cmd(args: list[str], cwd: Path, check: bool = True, timeout: float = 600
 
 
 PROJECT_FILES = [
-    "dvc.yaml", "params.yaml", "stages", "profiles", "Makefile", ".dvcignore", "data/raw/.gitkeep", ".gitignore",
+    "dvc.yaml", "params.yaml", "stages", "profiles", "plots", "Makefile", ".dvcignore", "data/raw/.gitkeep", ".gitignore",
 ]
 
 
@@ -125,6 +125,7 @@ def new_project(repo: Path, overrides: dict[str, dict[str, Any]]) -> Path:
     write_params(repo / "params.yaml", overrides)
     run_cmd(["git", "init", "-q", "-b", "main"], repo)
     run_cmd(["dvc", "init", "-q"], repo)
+    shutil.copyfile(REPO_ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # cache links, the plots template
     return repo
 
 

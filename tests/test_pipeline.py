@@ -36,6 +36,11 @@ def test_repro_skip_partial_rerun_experiments_and_metrics_diff(project: Path) ->
 
     first_hashes, first_metrics = output_hashes(project), (project / "metrics.json").read_text()
 
+    # Cached outputs are hard links into the DVC cache (cache.type in .dvc/config), not copies: a
+    # full-size run does not need its data twice on disk.
+    for output in ("data/tokenized/train.parquet", "models/model/model.safetensors"):
+        assert (project / output).stat().st_nlink == 2, output
+
     # Nothing changed: nothing runs.
     again = run_cmd(["dvc", "repro"], project)
     assert ran_stages(again.stdout) == []

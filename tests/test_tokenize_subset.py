@@ -107,3 +107,16 @@ def test_subset_larger_than_the_split_is_a_clear_error(tokenized: Path, tiny_par
         f"subset.eval_size = 5000 is larger than the test split (200 rows in {tokenized / 'test.parquet'}); "
         "expected at most 200"
     )
+
+
+def test_worker_processes_write_the_same_bytes(tokenized: Path, tiny_params: Params, tmp_path: Path) -> None:
+    """num_proc 2 (spawned workers, small batches so both work) makes the same files as in-process."""
+    workers = dataclasses.replace(tiny_params.tokenize, num_proc=2)
+    in_process = dataclasses.replace(tiny_params.tokenize, num_proc=1)
+    for name, settings in (("workers", workers), ("one", in_process)):
+        tokenize.run(tiny_params.model, dataclasses.replace(settings, batch_size=37), tmp_path / "prepared", tmp_path / name)
+    for name in ("train.parquet", "test.parquet", "meta.json"):
+        assert (tmp_path / "workers" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    # The default (num_proc null) tokenizes these small splits in-process, with the same ids.
+    default = pq.read_table(tokenized / "train.parquet")
+    assert default.column("input_ids").equals(pq.read_table(tmp_path / "workers" / "train.parquet").column("input_ids"))

@@ -32,7 +32,7 @@ def test_train_then_evaluate(tiny_params: Params, subset_dir: Path, tmp_path: Pa
     )
 
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
-        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_params.json",
+        "README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_params.json",
     ]
     recorded = json.loads((tmp_path / "model" / "training_params.json").read_text())
     assert recorded == {"num_labels": 5, "train": dataclasses.asdict(params)}

@@ -1,0 +1,64 @@
+"""Multi-process training: the train stage launches itself with torchrun, and the processes train
+as one data-parallel run (gloo on CPUs), with one set of outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import run_cmd
+from stages import distributed
+from stages.params import ParamsError, Params
+
+
+def test_batch_size_is_split_over_the_processes(tiny_params: Params) -> None:
+    two = dataclasses.replace(tiny_params.train, batch_size=16, nproc_per_node=2)
+    assert distributed.world_size(two) == 2 and distributed.per_process_batch_size(two) == 8
+    uneven = dataclasses.replace(two, batch_size=15)
+    with pytest.raises(ParamsError, match=r"train.batch_size = 15 cannot be split evenly over 2 processes .*expected a multiple of 2"):
+        distributed.per_process_batch_size(uneven)
+
+
+def test_torchrun_command_on_one_machine_and_on_several(tiny_params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
+    one = dataclasses.replace(tiny_params.train, nproc_per_node=4)
+    assert distributed.torchrun_command(one, "stages.train", ["--subset", "s"]) == [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "-m", "stages.train", "--subset", "s",
+    ]
+    several = dataclasses.replace(one, nnodes=2, master_addr="10.0.0.1", master_port=29400)
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert distributed.torchrun_command(several, "stages.train", [])[3:8] == [
+        "--nproc-per-node=4", "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29400",
+    ]
+    monkeypatch.setenv("NODE_RANK", "2")
+    with pytest.raises(ParamsError, match="NODE_RANK = 2 but train.nnodes = 2"):
+        distributed.torchrun_command(several, "stages.train", [])
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_as_one_run_and_write_one_set_of_outputs(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["nproc_per_node"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    result = run_cmd(["dvc", "repro"], project)
+    assert "launching 2 training processes with torchrun" in result.stderr + result.stdout
+
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert metrics["n_eval"] == 100 and 0 <= metrics["accuracy"] <= 1
+    # The processes shared each batch of 16: 160 examples are 10 steps. Had each process trained
+    # alone on everything (no process group), its batch of 8 would have made 20.
+    epochs = pd.read_csv(project / "reports" / "train_epochs.csv")
+    assert list(epochs["step"]) == [10]
+    live = json.loads((project / "dvclive" / "metrics.json").read_text())
+    assert live["step"] == 10 and live["train"]["loss"] > 0
+    # One model, written once, with its card; no leftovers of a second writer.
+    assert sorted(path.name for path in (project / "models").iterdir() if not path.name.startswith(".")) == ["model"]
+    assert len(list((project / "models" / "model").glob("*.safetensors"))) == 1
+    assert f"| accuracy | {metrics['accuracy']:.4f} |" in (project / "models" / "model" / "README.md").read_text()
+    assert not (project / "checkpoints" / "train").exists()  # deleted once the model is written
