@@ -74,8 +74,11 @@ SCALES: dict[str, dict[str, int]] = {
 CASES: dict[str, dict[str, dict[str, Any]]] = {
     # Our train stage as configured in params.yaml (dynamic padding, group_by_length as set there).
     "project": {},
-    # params.yaml with group_by_length on (less padding still); not in the default run.
+    # params.yaml with group_by_length on, and off: the effect of grouping alone.
     "project-grouped": {"train": {"group_by_length": True}},
+    "project-ungrouped": {"train": {"group_by_length": False}},
+    # params.yaml with bf16 autocast, which `precision: auto` leaves off on CPUs (opt-in there).
+    "project-bf16": {"train": {"precision": "bf16"}},
     # The tutorial: every review padded to the model's 512 tokens, `Trainer` defaults (eval batch 8).
     "tutorial": {
         "tokenize": {"padding": "max_length", "max_length": 512},
@@ -103,7 +106,7 @@ TINY_TRAINING = {
     "train": {"epochs": 1, "max_steps": 1, "logging_steps": 1},
 }
 NOOP_RUNS = 3
-DEFAULT_CACHE_TYPE = "reflink,hardlink,symlink,copy"
+DEFAULT_CACHE_TYPE = "project"  # as the repository's .dvc/config sets it
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,6 +206,7 @@ def make_repo(repo: Path, overrides: list[dict[str, dict[str, Any]]], cache_type
     logs = repo.parent / f"{repo.name}-logs"
     measure(["git", "init", "-q", "-b", "main"], repo, logs / "git-init.log")
     dvc(repo, "init", "-q", logs=logs, name="dvc-init")
+    shutil.copyfile(REPO_ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # the project's cache.type
     if cache_type:
         dvc(repo, "config", "cache.type", cache_type, logs=logs, name="dvc-config")
 
@@ -341,10 +345,25 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
             prepared = repo / "data" / "prepared"
         else:
             shutil.copytree(prepared, repo / "data" / "prepared")
-        for stage in ("tokenize", "subset", "train", "evaluate"):
+        for stage in ("tokenize", "subset"):
             timings[stage] = run_stage(repo, stage, logs)
             print(f"bench:   {stage}: {timings[stage].wall_s:.1f} s", flush=True)
-        cases[name] = train_case_result(repo, timings, CASES[name], n_train * args.epochs)
+        by_seed: dict[int, dict[str, Any]] = {}
+        for seed in args.seeds or [None]:
+            if seed is not None:  # the same data and subset; only the training seed changes
+                params = yaml.safe_load((repo / "params.yaml").read_text())
+                params["train"]["seed"] = seed
+                (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            for stage in ("train", "evaluate"):
+                timings[stage] = run_stage(repo, stage, logs)
+                print(f"bench:   {stage}{'' if seed is None else f' (seed {seed})'}: {timings[stage].wall_s:.1f} s", flush=True)
+            result = train_case_result(repo, timings, CASES[name], n_train * args.epochs)
+            if seed is not None:
+                shutil.copyfile(repo / "reports" / "predictions.csv", logs / f"predictions-seed{seed}.csv")
+            by_seed[seed] = result
+        cases[name] = {**list(by_seed.values())[-1], "seeds": {  # the last seed: its predictions are on disk
+            str(seed): {key: r[key] for key in ("train_samples_per_second", "accuracy", "macro_f1", "eval_loss")}
+            for seed, r in by_seed.items() if seed is not None}}
     result = {
         "part": "train", "scale": args.scale, "train_examples": n_train, "eval_examples": n_eval,
         "epochs": args.epochs, "length_scale": args.length_scale, "cases": cases,
@@ -353,6 +372,7 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
         "train_text_chars": text_length_stats(prepared / "train.parquet") if prepared else None,
     }
     result["comparison"] = train_comparison(root, cases)
+    result["seed_comparison"] = seed_comparison(cases) if args.seeds and len(args.seeds) > 1 else {}
     result["markdown"] = train_markdown(result)
     return result
 
@@ -430,6 +450,39 @@ def train_comparison(root: Path, cases: dict[str, dict[str, Any]]) -> dict[str, 
     return out
 
 
+def seed_comparison(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each case against the tutorial over training seeds: mean samples/s ratio, and the mean accuracy
+    difference with a Welch t interval, which the seed spread of both sides widens (what one pair of
+    trained models cannot show)."""
+    from scipy import stats
+
+    base = cases.get(BASELINE_CASE)
+    if base is None or not base.get("seeds"):
+        return {}
+    base_acc = [r["accuracy"] for r in base["seeds"].values()]
+    base_speed = statistics.mean(r["train_samples_per_second"] for r in base["seeds"].values())
+    out = {}
+    for name, case in cases.items():
+        if name == BASELINE_CASE or not case.get("seeds"):
+            continue
+        acc = [r["accuracy"] for r in case["seeds"].values()]
+        va, vb = statistics.variance(acc) / len(acc), statistics.variance(base_acc) / len(base_acc)
+        diff = statistics.mean(acc) - statistics.mean(base_acc)
+        dof = (va + vb) ** 2 / (va**2 / (len(acc) - 1) + vb**2 / (len(base_acc) - 1)) if va + vb > 0 else float("inf")
+        half = stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
+        speed = statistics.mean(r["train_samples_per_second"] for r in case["seeds"].values())
+        out[name] = {
+            "seeds": list(case["seeds"]), "accuracy": acc, "baseline_accuracy": base_acc,
+            "accuracy_mean": round(statistics.mean(acc), 4), "accuracy_std": round(statistics.stdev(acc), 4),
+            "baseline_accuracy_mean": round(statistics.mean(base_acc), 4),
+            "baseline_accuracy_std": round(statistics.stdev(base_acc), 4),
+            "accuracy_difference": round(diff, 4), "difference_ci95": [round(diff - half, 4), round(diff + half, 4)],
+            "accuracy_equal_within_noise": diff - half <= 0 <= diff + half,
+            "train_speedup_mean": round(speed / base_speed, 2),
+        }
+    return out
+
+
 def _or_dash(value: Any) -> str:
     return "-" if value is None else f"{value}"
 
@@ -468,6 +521,17 @@ def train_markdown(result: dict[str, Any]) -> str:
             f"{cmp['same_prediction']}/{cmp['paired_examples']} eval examples, exact McNemar p = {cmp['mcnemar_p']} "
             f"(only {name} right: {cmp['only_this_right']}, only tutorial right: {cmp['only_baseline_right']}) -> "
             f"{verdict}",
+        ]
+    for name, cmp in result.get("seed_comparison", {}).items():
+        lines += [
+            "",
+            f"{name} vs tutorial over training seeds {', '.join(cmp['seeds'])}: **{cmp['train_speedup_mean']}x** mean "
+            f"training samples/s; accuracy {cmp['accuracy_mean']:.3f} ± {cmp['accuracy_std']:.3f} vs "
+            f"{cmp['baseline_accuracy_mean']:.3f} ± {cmp['baseline_accuracy_std']:.3f} (per seed "
+            f"{', '.join(f'{a:.3f}' for a in cmp['accuracy'])} vs {', '.join(f'{a:.3f}' for a in cmp['baseline_accuracy'])}); "
+            f"difference {cmp['accuracy_difference']:+.3f}, 95% Welch interval "
+            f"[{cmp['difference_ci95'][0]:+.3f}, {cmp['difference_ci95'][1]:+.3f}] -> "
+            + ("equal within the seed noise" if cmp["accuracy_equal_within_noise"] else "different beyond the seed noise"),
         ]
     return "\n".join(lines)
 
@@ -576,8 +640,9 @@ def tokenize_markdown(r: dict[str, Any]) -> str:
         f"tensors (int32 ids + int8 mask and type ids, {r['max_length']} per review; computed, not measured) "
         f"would be {_mb(r['padded_int32_equivalent_bytes'])}: "
         f"{r['padded_int32_equivalent_bytes'] / max(r['tokenized_bytes'], 1):.1f}x data/tokenized. "
-        "No `tokenize.num_proc` param exists: the stage tokenizes in one process (the Rust tokenizer "
-        f"batches on its own threads, TOKENIZERS_PARALLELISM={r['tokenizers_parallelism']}).",
+        "Workers: `tokenize.num_proc` as params.yaml sets it (null: one per core for splits of 20,000+ "
+        "reviews). Peak RSS is the largest single process of the stage (its own and its workers', as "
+        "`os.wait4` reports them), not their sum.",
     ])
 
 
@@ -757,6 +822,8 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, help="train examples (default: per scale)")
     parser.add_argument("--eval-examples", type=int, help="eval examples (default: per scale)")
     parser.add_argument("--epochs", type=float, default=1.0, help="training epochs, every case (default: 1)")
+    parser.add_argument("--seeds", help="train: comma-separated training seeds, each case trained with each "
+                                         "(default: params.yaml's train.seed only)")
     parser.add_argument("--tok-train", type=int, help="train reviews of the tokenize part (default: per scale)")
     parser.add_argument("--tok-test", type=int, help="test reviews of the tokenize part (default: per scale)")
     parser.add_argument("--length-scale", type=float, default=YELP_LENGTH_SCALE,
@@ -770,6 +837,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="noop: rebuild the pipeline repository even if one exists")
     args = parser.parse_args()
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    args.seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else []
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")

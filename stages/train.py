@@ -134,7 +134,13 @@ def run(
             compute_metrics=compute_metrics,
             callbacks=[checkpoints.MarkComplete()] + ([LiveMetrics(live_dir)] if live_dir else []),
         )
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if distributed.is_main_process():
+            log.info(
+                "trained on %d examples, %d steps in %.1fs (%.2f samples/s, final training loss %.4f)",
+                len(train_examples), trainer.state.global_step, result.metrics["train_runtime"],
+                result.metrics["train_samples_per_second"], result.training_loss,
+            )
         # The evaluation after the last epoch is of the final model; a run resumed from its very
         # last checkpoint evaluated nothing in this process, so it predicts once more.
         if last_eval.get("step") != trainer.state.global_step:

@@ -199,9 +199,16 @@ def _drawn_plots(dom: str, plot_ids: list[str]) -> list[str]:
     return drawn
 
 
-def _workspace_live_summary(project: Path) -> dict | None:
-    """The workspace row's DVCLive summary in `dvc exp show --json`, None while there is none."""
-    shown = run_cmd(["dvc", "exp", "show", "--json"], project).stdout
+def _workspace_live_summary(project: Path, retry: bool = False) -> dict | None:
+    """The workspace row's DVCLive summary in `dvc exp show --json`, None while there is none.
+
+    With `retry`, a failed `dvc exp show` also gives None: while `dvc exp run` starts or records the
+    experiment, its git refs are briefly in flux ("unknown Git revision refs/exps/exec/EXEC_BASELINE").
+    """
+    result = run_cmd(["dvc", "exp", "show", "--json"], project, check=not retry)
+    if result.returncode != 0:
+        return None
+    shown = result.stdout
     workspace = next(row for row in json.loads(shown) if row["rev"] == "workspace")
     summary = workspace["data"]["metrics"].get("dvclive/metrics.json", {})
     return summary.get("data")
@@ -226,7 +233,7 @@ def test_exp_show_follows_a_running_experiment(project: Path, tmp_path: Path) ->
         try:
             deadline = time.monotonic() + 300
             while running.poll() is None and time.monotonic() < deadline:
-                summary = _workspace_live_summary(project)
+                summary = _workspace_live_summary(project, retry=True)
                 if summary is not None and running.poll() is None and summary["step"] < 600:
                     seen_while_running.append(summary)
                 time.sleep(1)
