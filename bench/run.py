@@ -355,7 +355,8 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
                 params["train"]["seed"] = seed
                 (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
             for stage in ("train", "evaluate"):
-                timings[stage] = run_stage(repo, stage, logs)
+                log_name = stage if seed is None else f"{stage}-seed{seed}"  # every seed's log is kept
+                timings[stage] = measure(stage_args(repo, stage), repo, logs / f"{log_name}.log")
                 print(f"bench:   {stage}{'' if seed is None else f' (seed {seed})'}: {timings[stage].wall_s:.1f} s", flush=True)
             result = train_case_result(repo, timings, CASES[name], n_train * args.epochs)
             if seed is not None:
@@ -469,7 +470,7 @@ def seed_comparison(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
         va, vb = statistics.variance(acc) / len(acc), statistics.variance(base_acc) / len(base_acc)
         diff = statistics.mean(acc) - statistics.mean(base_acc)
         dof = (va + vb) ** 2 / (va**2 / (len(acc) - 1) + vb**2 / (len(base_acc) - 1)) if va + vb > 0 else float("inf")
-        half = stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
+        half = float(stats.t.ppf(0.975, dof)) * math.sqrt(va + vb)
         speed = statistics.mean(r["train_samples_per_second"] for r in case["seeds"].values())
         out[name] = {
             "seeds": list(case["seeds"]), "accuracy": acc, "baseline_accuracy": base_acc,
@@ -477,7 +478,7 @@ def seed_comparison(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "baseline_accuracy_mean": round(statistics.mean(base_acc), 4),
             "baseline_accuracy_std": round(statistics.stdev(base_acc), 4),
             "accuracy_difference": round(diff, 4), "difference_ci95": [round(diff - half, 4), round(diff + half, 4)],
-            "accuracy_equal_within_noise": diff - half <= 0 <= diff + half,
+            "accuracy_equal_within_noise": bool(diff - half <= 0 <= diff + half),
             "train_speedup_mean": round(speed / base_speed, 2),
         }
     return out
