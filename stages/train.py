@@ -163,6 +163,9 @@ def run(
     )
     with atomic_dir(model_out) as tmp:
         classifier.save_pretrained(tmp, safe_serialization=True)
+        # The loader records whether the Hub was offline (HF_HUB_OFFLINE); it says nothing about the
+        # tokenizer, and would make the model folder's hash depend on the shell it was trained in.
+        tokenizer.init_kwargs.pop("local_files_only", None)
         tokenizer.save_pretrained(tmp)
         # What the model was trained with and how well it does, inside the folder so they travel with it.
         write_json(tmp / TRAINING_PARAMS_FILE, {"num_labels": num_labels, "train": asdict(params)})
