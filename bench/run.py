@@ -77,12 +77,17 @@ CASES: dict[str, dict[str, dict[str, Any]]] = {
     # params.yaml with group_by_length on, and off: the effect of grouping alone.
     "project-grouped": {"train": {"group_by_length": True}},
     "project-ungrouped": {"train": {"group_by_length": False}},
-    # params.yaml with bf16 autocast, which `precision: auto` leaves off on CPUs (opt-in there).
+    # params.yaml with bf16 autocast, which `precision: auto` picks on CPUs with native bf16 only.
     "project-bf16": {"train": {"precision": "bf16"}},
-    # The tutorial: every review padded to the model's 512 tokens, `Trainer` defaults (eval batch 8).
+    # params.yaml without dropout on the attention weights (the model's own is 0.1): an opt-in lever.
+    "project-no-attention-dropout": {"train": {"attention_dropout": 0.0}},
+    # params.yaml in fp32 with the unfused AdamW: the device settings `auto` gave on every CPU before.
+    "project-fp32": {"train": {"precision": "fp32", "optimizer": "adamw_torch"}},
+    # The tutorial: every review padded to the model's 512 tokens, `Trainer` defaults: fp32, eval
+    # batch 8, and fused AdamW (the Trainer's default optimizer from torch 2.8 on).
     "tutorial": {
         "tokenize": {"padding": "max_length", "max_length": 512},
-        "train": {"group_by_length": False, "eval_batch_size": 8},
+        "train": {"group_by_length": False, "eval_batch_size": 8, "precision": "fp32", "optimizer": "adamw_torch_fused"},
         "evaluate": {"batch_size": 8},
     },
 }
@@ -392,8 +397,12 @@ def train_case_result(repo: Path, timings: dict[str, Measured], overrides: dict[
     n_eval = int(metrics["n_eval"])
     correct = round(metrics["accuracy"] * n_eval)
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    device = re.search(r"training on (.+): precision (\w+), optimizer (\w+)", timings["train"].text())
     return {
         "overrides": overrides,
+        "device": device.group(1) if device else None,
+        "precision": device.group(2) if device else None,  # as the train stage resolved `auto`
+        "optimizer": device.group(3) if device else None,
         "padding": params["tokenize"]["padding"],
         "max_length": params["tokenize"]["max_length"],
         "group_by_length": params["train"]["group_by_length"],
@@ -495,9 +504,9 @@ def train_markdown(result: dict[str, Any]) -> str:
         f"### Training: {result['train_examples']} train examples x {result['epochs']:g} epoch, "
         f"{result['eval_examples']} eval examples, reviews at length scale {result['length_scale']} "
         f"(mean {chars.get('mean', float('nan')):.0f} characters)", "",
-        "| case | padding | group_by_length | tokens/review | train samples/s | x tutorial | "
+        "| case | padding | group_by_length | precision, optimizer | tokens/review | train samples/s | x tutorial | "
         "Trainer samples/s (incl. eval) | eval samples/s | x tutorial | accuracy [95% CI] | train stage wall s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, c in cases.items():
         cmp = comparison.get(name, {})
@@ -505,7 +514,7 @@ def train_markdown(result: dict[str, Any]) -> str:
         eratio = "1.00" if name == BASELINE_CASE else _or_dash(cmp.get("eval_speedup"))
         pad = c["padding"] + (f" ({c['max_length']})" if c["padding"] == "max_length" else "")
         lines.append(
-            f"| {name} | {pad} | {c['group_by_length']} | {c['mean_tokens_per_review']} | "
+            f"| {name} | {pad} | {c['group_by_length']} | {c.get('precision')}, {c.get('optimizer')} | {c['mean_tokens_per_review']} | "
             f"{c['train_samples_per_second']:.2f} | {ratio} | {c['trainer_samples_per_second']:.2f} | "
             f"{c['eval_samples_per_second'] or float('nan'):.2f} | {eratio} | "
             f"{c['accuracy']:.3f} [{c['accuracy_ci95'][0]:.3f}, {c['accuracy_ci95'][1]:.3f}] | "

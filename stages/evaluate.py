@@ -174,7 +174,7 @@ def predict(model: torch.nn.Module, examples: TokenizedExamples, collator, batch
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # fp32 on either
     model.eval().to(device)
-    order = np.argsort([len(ids) for ids in examples.input_ids], kind="stable")
+    order = examples.length_order()
     logits = np.zeros((len(examples), model.config.num_labels), dtype=np.float32)
     for start in tqdm(range(0, len(order), batch_size), desc="predict", unit="batch"):
         rows = order[start : start + batch_size]

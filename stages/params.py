@@ -89,6 +89,7 @@ class TrainParams:
     eval_batch_size: int = field(metadata=_rule(ge=1))
     weight_decay: float = field(metadata=_rule(ge=0))
     warmup_ratio: float = field(metadata=_rule(ge=0, lt=1))
+    attention_dropout: float | None = field(metadata=_rule(ge=0, lt=1))
     seed: int = field(metadata=_rule(ge=0))
     max_steps: int | None = field(metadata=_rule(ge=1))
     logging_steps: int = field(metadata=_rule(ge=1))

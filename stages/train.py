@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 import transformers
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     EvalPrediction,
     PreTrainedModel,
@@ -49,16 +50,34 @@ from stages.tokenize import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-def load_pretrained(model: ModelParams, num_labels: int) -> PreTrainedModel:
-    """The pretrained encoder with a fresh `num_labels`-way classification head (safetensors only)."""
+# What model configs call the dropout on attention weights: BERT and its kin, then DistilBERT and others.
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+def load_pretrained(model: ModelParams, num_labels: int, attention_dropout: float | None = None) -> PreTrainedModel:
+    """The pretrained encoder with a fresh `num_labels`-way classification head (safetensors only).
+
+    `attention_dropout`, unless None, replaces the model config's dropout on attention weights.
+    """
     model_dir = hub.model_dir(model)
     try:
+        config = AutoConfig.from_pretrained(model_dir, num_labels=num_labels, trust_remote_code=model.trust_remote_code)
+        if attention_dropout is not None:
+            key = next((key for key in ATTENTION_DROPOUT_KEYS if hasattr(config, key)), None)
+            if key is None:
+                raise UserError(
+                    f"train.attention_dropout = {attention_dropout}: the config of model {model.name!r} ({config.model_type}) "
+                    f"has no attention dropout ({' or '.join(ATTENTION_DROPOUT_KEYS)}); expected null for this model"
+                )
+            setattr(config, key, attention_dropout)
         return AutoModelForSequenceClassification.from_pretrained(
             model_dir,
-            num_labels=num_labels,
+            config=config,
             use_safetensors=True,
             trust_remote_code=model.trust_remote_code,
         )
+    except UserError:
+        raise
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0]
         raise UserError(f"model.name = {model.name!r}: cannot load safetensors weights from {model_dir}: {first_line}") from None
@@ -88,7 +107,10 @@ def run(
 
     With `checkpoint_dir`, checkpoints go there and a matching interrupted run is resumed.
     """
-    device_args = device_arguments(params, Device.detect())  # a setting this machine lacks stops us here
+    device = Device.detect()
+    device_args = device_arguments(params, device)  # a setting this machine lacks stops us here
+    if distributed.is_main_process():
+        log.info("training on %s: precision %s, optimizer %s", device.name, precision_name(device_args), device_args["optim"])
     meta = read_meta(subset_dir)
     if meta["model"] != model.name or meta["model_revision"] != model.revision:
         raise UserError(
@@ -103,13 +125,23 @@ def run(
     eval_examples = TokenizedExamples(subset_dir / "eval.parquet")
     # Seed before the classification head is initialised, so its weights are reproducible.
     set_seed(params.seed)
-    classifier = load_pretrained(model, num_labels)
+    classifier = load_pretrained(model, num_labels, params.attention_dropout)
     tokenizer = load_tokenizer(model)
     accuracy = scoring.accuracy_metric()
+    # Evaluation goes through the examples in length order, so each batch is padded to a length close
+    # to all of its reviews' (2.6x the samples/s at Yelp's lengths); the logits are put back in the
+    # examples' order, the order `evaluate` scores them in.
+    eval_order = eval_examples.length_order()
+    eval_in_length_order = torch.utils.data.Subset(eval_examples, eval_order.tolist())
+    examples_order = np.argsort(eval_order)
     last_eval: dict = {}  # the latest evaluation's step, logits and labels: the model card's source
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        last_eval.update(step=trainer.state.global_step, logits=prediction.predictions, labels=prediction.label_ids)
+        last_eval.update(
+            step=trainer.state.global_step,
+            logits=prediction.predictions[examples_order],
+            labels=prediction.label_ids[examples_order],
+        )
         return accuracy.compute(predictions=np.argmax(prediction.predictions, axis=-1), references=prediction.label_ids)
 
     resume_from = None
@@ -124,11 +156,11 @@ def run(
             log.info("resuming from %s (step %d of %d)", resume_from, step, total)
 
     with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
-        trainer = Trainer(
+        trainer = SequentialEvalTrainer(
             model=classifier,
             args=training_arguments(params, checkpoint_dir or Path(scratch), checkpoint_dir is not None, device_args),
             train_dataset=train_examples,
-            eval_dataset=eval_examples,
+            eval_dataset=eval_in_length_order,
             data_collator=make_collator(tokenizer, meta, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
             processing_class=tokenizer,
             compute_metrics=compute_metrics,
@@ -144,8 +176,8 @@ def run(
         # The evaluation after the last epoch is of the final model; a run resumed from its very
         # last checkpoint evaluated nothing in this process, so it predicts once more.
         if last_eval.get("step") != trainer.state.global_step:
-            output = trainer.predict(eval_examples)
-            last_eval.update(logits=output.predictions, labels=output.label_ids)
+            output = trainer.predict(eval_in_length_order)
+            last_eval.update(logits=output.predictions[examples_order], labels=output.label_ids[examples_order])
     history = epoch_history(trainer.state.log_history)
     if not distributed.is_main_process():
         return history
@@ -159,7 +191,7 @@ def run(
         scores=scores,
         history=history,
         environment=environment,
-        precision="bf16" if device_args["bf16"] else "fp16" if device_args["fp16"] else "fp32",
+        precision=precision_name(device_args),
     )
     with atomic_dir(model_out) as tmp:
         classifier.save_pretrained(tmp, safe_serialization=True)
@@ -177,6 +209,24 @@ def run(
     if checkpoint_dir is not None:
         checkpoints.finish(checkpoint_dir)
     return history
+
+
+class SequentialEvalTrainer(Trainer):
+    """A `Trainer` that evaluates its eval dataset in the dataset's own order.
+
+    With `group_by_length` the stock one draws eval batches as it draws training batches, sorted only
+    within random groups of `min(n // (4 * batch), 50)` batches: one batch for 300 reviews in batches
+    of 64, so every batch is padded nearly to the longest review. Our eval dataset comes in length
+    order already, and in that order its logits map back to the examples. Several processes each
+    take every Nth batch, and the Trainer gathers them back in order.
+    """
+
+    def _get_eval_sampler(self, eval_dataset: torch.utils.data.Dataset) -> torch.utils.data.Sampler:
+        return torch.utils.data.SequentialSampler(eval_dataset)
+
+
+def precision_name(device_args: dict) -> str:
+    return "bf16" if device_args["bf16"] else "fp16" if device_args["fp16"] else "fp32"
 
 
 def checkpoint_fingerprint(

@@ -7,32 +7,55 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from stages import prepare, subset, tokenize, train
-from stages.devices import Device, device_arguments
-from stages.params import Params, ParamsError
+from stages.devices import Device, cpu_has_native_bf16, device_arguments
+from stages.params import Params, ParamsError, TrainParams
 
 CPU = Device(cuda=False, bf16=False, tf32=False, name="cpu")
+CPU_BF16 = Device(cuda=False, bf16=True, tf32=False, name="cpu with bf16")  # AVX512-BF16 or AMX
+MPS = Device(cuda=False, bf16=False, tf32=False, name="mps", mps=True)
+
+
+@pytest.fixture
+def auto(tiny_params: Params) -> TrainParams:
+    """The train params with every device setting `auto`, as in params.yaml (the tiny ones pin fp32)."""
+    return dataclasses.replace(tiny_params.train, precision="auto")
 H100 = Device(cuda=True, bf16=True, tf32=True, name="NVIDIA H100")
 T4 = Device(cuda=True, bf16=False, tf32=False, name="Tesla T4")
 
 
-def test_auto_changes_nothing_on_a_cpu(tiny_params: Params) -> None:
-    assert device_arguments(tiny_params.train, CPU) == {
-        "bf16": False, "fp16": False, "tf32": None, "optim": "adamw_torch",
+def test_auto_on_a_cpu_is_fp32_with_fused_adamw(auto: TrainParams) -> None:
+    assert device_arguments(auto, CPU) == {
+        "bf16": False, "fp16": False, "tf32": None, "optim": "adamw_torch_fused",
         "dataloader_num_workers": 0, "dataloader_pin_memory": False, "torch_compile": False, "use_cpu": True,
     }
 
 
-def test_auto_picks_bf16_tf32_and_fused_adamw_on_a_recent_gpu(tiny_params: Params) -> None:
-    assert device_arguments(tiny_params.train, H100) == {
+def test_auto_picks_bf16_on_a_cpu_that_has_it_and_nothing_new_on_apple_silicon(auto: TrainParams) -> None:
+    assert device_arguments(auto, CPU_BF16) == {**device_arguments(auto, CPU), "bf16": True}
+    assert device_arguments(auto, MPS) == {**device_arguments(auto, CPU), "optim": "adamw_torch", "use_cpu": False}
+
+
+def test_the_cpu_bf16_check_matches_torch(auto: TrainParams) -> None:
+    detected = Device.detect()
+    if detected.cuda:  # on a GPU machine the CPU is not what auto looks at
+        return
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert detected.bf16 == cpu_has_native_bf16() == native
+    assert device_arguments(auto, detected)["bf16"] == native
+
+
+def test_auto_picks_bf16_tf32_and_fused_adamw_on_a_recent_gpu(auto: TrainParams) -> None:
+    assert device_arguments(auto, H100) == {
         "bf16": True, "fp16": False, "tf32": True, "optim": "adamw_torch_fused",
         "dataloader_num_workers": 4, "dataloader_pin_memory": True, "torch_compile": False, "use_cpu": False,
     }
 
 
-def test_auto_falls_back_to_fp16_without_bf16(tiny_params: Params) -> None:
-    args = device_arguments(tiny_params.train, T4)
+def test_auto_falls_back_to_fp16_without_bf16(auto: TrainParams) -> None:
+    args = device_arguments(auto, T4)
     assert (args["bf16"], args["fp16"], args["tf32"]) == (False, True, False)
 
 

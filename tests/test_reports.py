@@ -16,6 +16,7 @@ import pytest
 from conftest import run_cmd, stage_env, tiny_overrides, write_params
 from stages import evaluate, prepare, scoring, subset, tokenize, train
 from stages.cli import UserError
+from stages.examples import TokenizedExamples
 from stages.environment import software_environment
 from stages.params import Params, load_params
 
@@ -105,8 +106,11 @@ def test_model_card_in_the_model_folder_holds_the_run(evaluated: dict) -> None:
         assert f"| {name} | {metrics[name]:.4f} |" in card, name
     assert f"n = {metrics['n_eval']}" in card
     predictions = pd.read_csv(evaluated["predictions.csv"])
-    low, high, _ = scoring.metric_intervals(predictions["label"].to_numpy(), predictions["prediction"].to_numpy(), 5)["accuracy"]
+    intervals = scoring.metric_intervals(predictions["label"].to_numpy(), predictions["prediction"].to_numpy(), 5)
+    low, high, _ = intervals["accuracy"]
     assert f"| accuracy | {metrics['accuracy']:.4f} | {low:.4f} – {high:.4f} | Wilson score interval |" in card
+    low, high, _ = intervals["macro_f1"]
+    assert f"| macro_f1 | {metrics['macro_f1']:.4f} | {low:.4f} – {high:.4f} | bootstrap" in card
     per_class = pd.read_csv(evaluated["per_class.csv"])
     assert f"| 0 | {per_class['precision'][0]:.4f} | {per_class['recall'][0]:.4f} | {per_class['f1'][0]:.4f} |" in card
     environment = json.loads((evaluated["root"] / "environment.json").read_text())
@@ -252,3 +256,19 @@ def test_exp_show_follows_a_running_experiment_then_plots_show_it(project: Path,
     assert final["step"] == 300 and final["epoch"] == 30
     assert final["eval"]["accuracy"] == pytest.approx(json.loads((project / "metrics.json").read_text())["accuracy"], abs=1e-6)
     _check_plots(project, tmp_path, epochs=30)
+
+
+def test_the_card_scores_the_eval_examples_in_their_own_order(
+    tiny_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train evaluates in length order and must hand the card its logits in the examples' order."""
+    prepare.run(tiny_params.data, tmp_path / "prepared")
+    tokenize.run(tiny_params.model, tiny_params.tokenize, tmp_path / "prepared", tmp_path / "tokenized")
+    subset.run(tiny_params.subset, tmp_path / "tokenized", tmp_path / "subset")
+    scored: dict = {}
+    real_score = scoring.score
+    monkeypatch.setattr(scoring, "score", lambda logits, labels, n: scored.update(labels=labels) or real_score(logits, labels, n))
+    train.run(tiny_params.model, 5, tiny_params.train, tmp_path / "subset", tmp_path / "model", tmp_path / "epochs.csv")
+    examples = TokenizedExamples(tmp_path / "subset" / "eval.parquet")
+    assert list(examples.length_order()) != list(range(len(examples)))  # length order is another order
+    assert list(scored["labels"]) == examples.labels

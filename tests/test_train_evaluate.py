@@ -108,6 +108,19 @@ def test_model_folder_without_safetensors_is_refused(tiny_params: Params, subset
         train.load_pretrained(model, 5)
 
 
+def test_attention_dropout_replaces_the_models_own(tiny_params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert tiny_params.train.attention_dropout is None  # params.yaml keeps the model's own
+    model = train.load_pretrained(tiny_params.model, 5)
+    assert model.config.attention_probs_dropout_prob == model.bert.encoder.layer[0].attention.self.dropout.p == 0.1
+    model = train.load_pretrained(tiny_params.model, 5, attention_dropout=0.0)
+    assert model.config.attention_probs_dropout_prob == model.bert.encoder.layer[0].attention.self.dropout.p == 0.0
+    # A model whose config names it otherwise, or not at all, is told so.
+    monkeypatch.setattr(train, "ATTENTION_DROPOUT_KEYS", ("attention_dropout",))
+    with pytest.raises(UserError, match=r"train.attention_dropout = 0.0: the config of model '.*' \(bert\) has no "
+                       r"attention dropout \(attention_dropout\); expected null for this model"):
+        train.load_pretrained(tiny_params.model, 5, attention_dropout=0.0)
+
+
 @pytest.mark.parametrize(("padding", "expected_width"), [("dynamic", 7), ("max_length", 64)])
 def test_collator_pads_per_batch_or_to_max_length(tiny_params: Params, padding: str, expected_width: int) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_params.model.name)

@@ -1,0 +1,118 @@
+"""Where a training step's time goes: forward + backward, and the optimizer step, per setting.
+
+    python -m bench.train_step                    # about 2 minutes on 2 CPU cores
+    python -m bench.train_step --variants fp32+adamw,bf16+fused --profile   # and the top operators
+
+`bench.run --part train` measures whole runs of the train stage against the tutorial's recipe; this
+takes one of its steps apart, to see which lever is worth pulling. What it runs:
+
+- **The model and batches of the train stage.** `params.yaml`'s model (`stages.train.load_pretrained`,
+  a fresh 5-way head), and 400 synthetic reviews at Yelp's length (length scale 7.0, seed 42) encoded
+  as the tokenize stage encodes them (truncated at `tokenize.max_length`), sorted by length and cut into
+  batches of `train.batch_size`, as `group_by_length` batches them, each padded to its longest review.
+  Every 5th batch (10 batches, short to long) is timed, after one untimed warm-up step per variant.
+- **One step is what the `Trainer` does**: forward under autocast (bf16 variants), backward, gradient
+  clipping to norm 1.0, AdamW (lr 5e-5) and zeroing the gradients.
+- **Variants, one after another in one process**, each with the model loaded afresh (so each starts
+  from the same weights), named by `+`-joined settings: `fp32` or `bf16` (autocast), `adamw` (torch's
+  foreach AdamW, `train.optimizer: adamw_torch`) or `fused` (`adamw_torch_fused`), and optionally
+  `no-attention-dropout` (`train.attention_dropout: 0`; otherwise params.yaml's, by default the
+  model's own 0.1).
+
+It prints, per variant, the seconds in forward + backward and in clipping + the optimizer step over the
+timed batches, and samples/s; with `--profile`, torch's profiler table of the costliest operators.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from stages.params import load_params
+from stages.synthetic import generate_reviews
+from stages.tokenize import load_tokenizer
+from stages.train import load_pretrained
+
+SETTINGS = {"fp32", "bf16", "adamw", "fused", "no-attention-dropout"}
+DEFAULT_VARIANTS = "fp32+adamw,fp32+fused,bf16+fused,fp32+fused+no-attention-dropout,bf16+fused+no-attention-dropout"
+
+
+def length_sorted_batches(params_path: Path, reviews: int, every: int) -> list[dict[str, torch.Tensor]]:
+    params = load_params(params_path)
+    texts, labels = generate_reviews(reviews, seed=42, length_scale=7.0)
+    tokenizer = load_tokenizer(params.model)
+    ids = tokenizer(texts, truncation=True, max_length=params.tokenize.max_length, return_token_type_ids=False,
+                    return_attention_mask=False)["input_ids"]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    size = params.train.batch_size
+    batches = [order[start : start + size] for start in range(0, len(order), size)][::every]
+    return [
+        {**tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt"),
+         "labels": torch.tensor([labels[i] for i in rows])}
+        for rows in batches
+    ]
+
+
+def time_variant(variant: str, params_path: Path, batches: list[dict[str, torch.Tensor]], profile: bool) -> dict:
+    settings = set(variant.split("+"))
+    unknown = settings - SETTINGS
+    if unknown or len(settings & {"fp32", "bf16"}) != 1 or len(settings & {"adamw", "fused"}) != 1:
+        raise SystemExit(f"variant {variant!r}: expected fp32 or bf16, adamw or fused, and optionally "
+                         f"no-attention-dropout, joined by '+' (unknown: {sorted(unknown)})")
+    params = load_params(params_path)
+    torch.manual_seed(42)
+    attention_dropout = 0.0 if "no-attention-dropout" in settings else params.train.attention_dropout
+    model = load_pretrained(params.model, params.data.num_labels, attention_dropout).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused="fused" in settings)
+    bf16 = "bf16" in settings
+
+    def step(batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        backward_done = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        return backward_done - started, time.perf_counter() - backward_done
+
+    step(batches[len(batches) // 2])  # warm-up: first-call allocations and kernel selection
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else nullcontext()
+    with profiler as prof:
+        times = [step(batch) for batch in batches]
+    forward_backward, optimizer_step = sum(t[0] for t in times), sum(t[1] for t in times)
+    samples = sum(len(batch["labels"]) for batch in batches)
+    result = {"variant": variant, "forward_backward_s": forward_backward, "optimizer_s": optimizer_step,
+              "samples_per_second": samples / (forward_backward + optimizer_step)}
+    print(f"{variant:40s} forward+backward {forward_backward:6.2f} s   clip+optimizer {optimizer_step:5.2f} s   "
+          f"{result['samples_per_second']:6.2f} samples/s", flush=True)
+    if profile:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated (default: %(default)s)")
+    parser.add_argument("--reviews", type=int, default=400, help="synthetic reviews to batch (default: %(default)s)")
+    parser.add_argument("--every", type=int, default=5, help="time every Nth length-sorted batch (default: %(default)s)")
+    parser.add_argument("--profile", action="store_true", help="also print torch's profiler table per variant")
+    args = parser.parse_args()
+    batches = length_sorted_batches(args.params, args.reviews, args.every)
+    tokens = sum(batch["input_ids"].numel() for batch in batches) / len(batches)
+    print(f"{len(batches)} batches of {len(batches[0]['labels'])}, {tokens:.0f} tokens each on average "
+          f"(padding included); {torch.get_num_threads()} torch threads; torch {torch.__version__}", flush=True)
+    results = [time_variant(variant, args.params, batches, args.profile) for variant in args.variants.split(",")]
+    base = results[0]
+    for result in results[1:]:
+        print(f"{result['variant']} vs {base['variant']}: {result['samples_per_second'] / base['samples_per_second']:.2f}x "
+              f"samples/s, optimizer step {base['optimizer_s'] / result['optimizer_s']:.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()
