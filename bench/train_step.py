@@ -31,7 +31,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from stages.params import load_params
+from stages.params import Params, load_params
 from stages.synthetic import generate_reviews
 from stages.tokenize import load_tokenizer
 from stages.train import load_pretrained
@@ -40,8 +40,7 @@ SETTINGS = {"fp32", "bf16", "adamw", "fused", "no-attention-dropout"}
 DEFAULT_VARIANTS = "fp32+adamw,fp32+fused,bf16+fused,fp32+fused+no-attention-dropout,bf16+fused+no-attention-dropout"
 
 
-def length_sorted_batches(params_path: Path, reviews: int, every: int) -> list[dict[str, torch.Tensor]]:
-    params = load_params(params_path)
+def length_sorted_batches(params: Params, reviews: int, every: int) -> list[dict[str, torch.Tensor]]:
     texts, labels = generate_reviews(reviews, seed=42, length_scale=7.0)
     tokenizer = load_tokenizer(params.model)
     ids = tokenizer(texts, truncation=True, max_length=params.tokenize.max_length, return_token_type_ids=False,
@@ -56,13 +55,12 @@ def length_sorted_batches(params_path: Path, reviews: int, every: int) -> list[d
     ]
 
 
-def time_variant(variant: str, params_path: Path, batches: list[dict[str, torch.Tensor]], profile: bool) -> dict:
+def time_variant(variant: str, params: Params, batches: list[dict[str, torch.Tensor]], profile: bool) -> dict:
     settings = set(variant.split("+"))
     unknown = settings - SETTINGS
     if unknown or len(settings & {"fp32", "bf16"}) != 1 or len(settings & {"adamw", "fused"}) != 1:
         raise SystemExit(f"variant {variant!r}: expected fp32 or bf16, adamw or fused, and optionally "
                          f"no-attention-dropout, joined by '+' (unknown: {sorted(unknown)})")
-    params = load_params(params_path)
     torch.manual_seed(42)
     attention_dropout = 0.0 if "no-attention-dropout" in settings else params.train.attention_dropout
     model = load_pretrained(params.model, params.data.num_labels, attention_dropout).train()
@@ -103,11 +101,12 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5, help="time every Nth length-sorted batch (default: %(default)s)")
     parser.add_argument("--profile", action="store_true", help="also print torch's profiler table per variant")
     args = parser.parse_args()
-    batches = length_sorted_batches(args.params, args.reviews, args.every)
+    params = load_params(args.params)
+    batches = length_sorted_batches(params, args.reviews, args.every)
     tokens = sum(batch["input_ids"].numel() for batch in batches) / len(batches)
     print(f"{len(batches)} batches of {len(batches[0]['labels'])}, {tokens:.0f} tokens each on average "
           f"(padding included); {torch.get_num_threads()} torch threads; torch {torch.__version__}", flush=True)
-    results = [time_variant(variant, args.params, batches, args.profile) for variant in args.variants.split(",")]
+    results = [time_variant(variant, params, batches, args.profile) for variant in args.variants.split(",")]
     base = results[0]
     for result in results[1:]:
         print(f"{result['variant']} vs {base['variant']}: {result['samples_per_second'] / base['samples_per_second']:.2f}x "

@@ -65,10 +65,7 @@ def device_arguments(params: TrainParams, device: Device) -> dict[str, Any]:
     """`TrainingArguments` keyword arguments for `params` on `device`."""
     precision = params.precision
     if precision == "auto":
-        if device.cuda:
-            precision = "bf16" if device.bf16 else "fp16"
-        else:
-            precision = "bf16" if device.bf16 else "fp32"
+        precision = "bf16" if device.bf16 else "fp16" if device.cuda else "fp32"
     if precision == "fp16" and not device.cuda:
         raise ParamsError(f"train.precision = 'fp16' needs a CUDA GPU, and this machine has none ({device.name}); expected 'auto', 'fp32' or 'bf16'")
     if precision == "bf16" and device.cuda and not device.bf16:
