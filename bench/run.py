@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from stages.params import read_yaml, write_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -168,7 +168,7 @@ def measure(args: list[str], cwd: Path, log: Path, check: bool = True) -> Measur
 
 def stage_args(repo: Path, stage: str) -> list[str]:
     """The stage's command exactly as dvc.yaml writes it, with this venv's python."""
-    cmd = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"][stage]["cmd"]
+    cmd = read_yaml((repo / "dvc.yaml").read_text(), "dvc.yaml")["stages"][stage]["cmd"]
     args = shlex.split(cmd)
     if args[0] == "python":
         args[0] = sys.executable
@@ -188,7 +188,7 @@ def dvc(repo: Path, *args: str, logs: Path, name: str, check: bool = True) -> Me
 
 
 def merged_params(overrides: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = read_yaml((REPO_ROOT / "params.yaml").read_text(), "params.yaml")
     for layer in overrides:
         for section, values in layer.items():
             params[section].update(copy.deepcopy(values))
@@ -207,7 +207,7 @@ def make_repo(repo: Path, overrides: list[dict[str, dict[str, Any]]], cache_type
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copyfile(source, target)
-    (repo / "params.yaml").write_text(yaml.safe_dump(merged_params(overrides), sort_keys=False))
+    write_yaml(repo / "params.yaml", merged_params(overrides))
     logs = repo.parent / f"{repo.name}-logs"
     measure(["git", "init", "-q", "-b", "main"], repo, logs / "git-init.log")
     dvc(repo, "init", "-q", logs=logs, name="dvc-init")
@@ -356,9 +356,9 @@ def part_train(args: argparse.Namespace) -> dict[str, Any]:
         by_seed: dict[int, dict[str, Any]] = {}
         for seed in args.seeds or [None]:
             if seed is not None:  # the same data and subset; only the training seed changes
-                params = yaml.safe_load((repo / "params.yaml").read_text())
+                params = read_yaml((repo / "params.yaml").read_text(), "params.yaml")
                 params["train"]["seed"] = seed
-                (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+                write_yaml(repo / "params.yaml", params)
             for stage in ("train", "evaluate"):
                 log_name = stage if seed is None else f"{stage}-seed{seed}"  # every seed's log is kept
                 timings[stage] = measure(stage_args(repo, stage), repo, logs / f"{log_name}.log")
@@ -396,7 +396,7 @@ def train_case_result(repo: Path, timings: dict[str, Measured], overrides: dict[
     tok_meta = json.loads((repo / "data" / "tokenized" / "meta.json").read_text())
     n_eval = int(metrics["n_eval"])
     correct = round(metrics["accuracy"] * n_eval)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = read_yaml((repo / "params.yaml").read_text(), "params.yaml")
     device = re.search(r"training on (.+): precision (\w+), optimizer (\w+)", timings["train"].text())
     return {
         "overrides": overrides,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -32,10 +33,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats
 
-from stages.params import GateParams, MetricRule, ParamsError, flatten, load_params
+from stages.params import GateParams, MetricRule, ParamsError, flatten, load_params, read_yaml
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
 METRICS_FILE = "metrics.json"
@@ -126,7 +126,10 @@ def _side(name: str, metrics_text: str | None, info_text: str | None, prediction
     predictions = None
     if predictions_text is not None:
         predictions = pd.read_csv(io.StringIO(predictions_text)).sort_values("idx").reset_index(drop=True)
-    params = yaml.safe_load(params_text) if params_text else {}
+    try:
+        params = read_yaml(params_text, f"{name}: {PARAMS_FILE}") if params_text else {}
+    except ParamsError as err:
+        raise CannotCompare(str(err)) from None
     return Side(name, metrics, info, predictions, params if isinstance(params, dict) else {})
 
 
@@ -150,8 +153,14 @@ def compare(base: Side, candidate: Side, gate: GateParams, seed_noise: dict[str,
     results = []
     for name, rule in gate.metrics.items():
         for side in (base, candidate):
-            if not isinstance(side.metrics.get(name), (int, float)):
+            value = side.metrics.get(name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise CannotCompare(f"{side.name}: {METRICS_FILE} has no numeric {name!r} (gate.metrics.{name})")
+            # A NaN loss compares false with everything, so it would pass every check below.
+            if not math.isfinite(value):
+                raise CannotCompare(
+                    f"{side.name}: {METRICS_FILE} has {name} = {value}, not a finite number (the run diverged)"
+                )
         results.append(_judge(name, rule, base, candidate, paired, gate, seed_noise))
     return results
 

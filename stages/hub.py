@@ -52,18 +52,29 @@ def model_dir(model: ModelParams) -> Path:
 
 
 def refuse_remote_code(folder: Path, name: str) -> None:
-    """Stop before transformers sees a model whose config needs its own Python code to load.
+    """Stop before transformers sees a model whose config or tokenizer needs its own Python code to load.
 
-    A config with `auto_map` but a model type transformers knows loads with the built-in code (the
-    map is ignored), so only an unknown model type needs the model's code.
+    An `auto_map` beside a model type (or tokenizer class) that transformers knows loads with the
+    built-in code (the map is ignored), so only an unknown one needs the model's code.
     """
     from transformers import CONFIG_MAPPING
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES, tokenizer_class_from_name
 
+    advice = "read that code, then set model.trust_remote_code: true to run it"
     config = json.loads((folder / "config.json").read_text())
     if config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+        raise UserError(f"model.name = {name!r}: needs its own code (config.json's auto_map) to load; {advice}")
+    tokenizer_file = folder / "tokenizer_config.json"
+    tokenizer = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else {}
+    tokenizer_class = tokenizer.get("tokenizer_class")
+    built_in = (
+        tokenizer_class_from_name(tokenizer_class) is not None if tokenizer_class
+        else config.get("model_type") in TOKENIZER_MAPPING_NAMES
+    )
+    if "AutoTokenizer" in (tokenizer.get("auto_map") or {}) and not built_in:
         raise UserError(
-            f"model.name = {name!r}: needs its own code (config.json's auto_map) to load; "
-            "read that code, then set model.trust_remote_code: true to run it"
+            f"model.name = {name!r}: its tokenizer needs its own code (tokenizer_config.json's auto_map) to load; "
+            + advice
         )
 
 

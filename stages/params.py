@@ -2,22 +2,32 @@
 
 Every stage reads its settings through `load_params`, so a misspelled key, a wrong type or an
 out-of-range value fails before any work starts, with a message that names the file, the key, the
-value and what is allowed.
+value and what is allowed. `read_yaml` and `write_yaml` are the project's only YAML reader and
+writer, and they read and write as DVC does (YAML 1.2), so `dvc exp run -S train.learning_rate=3e-5`
+means the number DVC wrote.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from stages.cli import UserError
+
+# What numpy's and torch's seeding (`set_seed`) accept: an unsigned 32-bit integer.
+MAX_SEED = 2**32 - 1
 
 
 class ParamsError(UserError):
@@ -44,7 +54,7 @@ class DataParams:
     revision: str | None
     num_labels: int = field(metadata=_rule(ge=2))
     test_size: float = field(metadata=_rule(gt=0, lt=1))
-    seed: int = field(metadata=_rule(ge=0))
+    seed: int = field(metadata=_rule(ge=0, le=MAX_SEED))
     synthetic_train_size: int = field(metadata=_rule(ge=1))
     synthetic_test_size: int = field(metadata=_rule(ge=1))
     synthetic_label_noise: float = field(metadata=_rule(ge=0, le=1))
@@ -76,7 +86,7 @@ class SubsetParams:
 
     train_size: int = field(metadata=_rule(ge=1))
     eval_size: int = field(metadata=_rule(ge=1))
-    seed: int = field(metadata=_rule(ge=0))
+    seed: int = field(metadata=_rule(ge=0, le=MAX_SEED))
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,7 @@ class TrainParams:
     weight_decay: float = field(metadata=_rule(ge=0))
     warmup_ratio: float = field(metadata=_rule(ge=0, lt=1))
     attention_dropout: float | None = field(metadata=_rule(ge=0, lt=1))
-    seed: int = field(metadata=_rule(ge=0))
+    seed: int = field(metadata=_rule(ge=0, le=MAX_SEED))
     max_steps: int | None = field(metadata=_rule(ge=1))
     logging_steps: int = field(metadata=_rule(ge=1))
     group_by_length: bool
@@ -128,7 +138,7 @@ class GateParams:
 
     confidence: float = field(metadata=_rule(gt=0.5, lt=1))
     bootstrap_samples: int = field(metadata=_rule(ge=100))
-    seed: int = field(metadata=_rule(ge=0))
+    seed: int = field(metadata=_rule(ge=0, le=MAX_SEED))
     metrics: dict[str, MetricRule]
 
 
@@ -155,21 +165,61 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _yaml() -> YAML:
+    # DVC reads params with ruamel.yaml's safe loader: YAML 1.2, where `3e-05` is a number and `off`
+    # a string (PyYAML's YAML 1.1 reads them as a string and a boolean). Duplicate keys are refused.
+    yaml = YAML(typ="safe")  # as `dvc.utils.serialize.parse_yaml`
+    yaml.default_flow_style = False
+    yaml.sort_base_mapping_type_on_output = False
+    return yaml
+
+
+def read_yaml(text: str, source: str | Path) -> Any:
+    """Parse YAML `text` as DVC reads `params.yaml`; a problem is one `ParamsError` line naming `source`."""
+    try:
+        return _yaml().load(text)
+    except DuplicateKeyError as err:
+        key = re.search(r'duplicate key "(.*?)"', err.problem or "")
+        line = f" (again at line {err.problem_mark.line + 1})" if err.problem_mark else ""
+        raise ParamsError(
+            f"{source}: key {key.group(1) if key else '?'!r} appears twice in one mapping{line}; "
+            "a key may appear only once"
+        ) from None
+    except MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = f" ({err.context})" if err.context else ""
+        raise ParamsError(f"{source}{where}: not valid YAML: {err.problem}{context}") from None
+    except YAMLError as err:
+        raise ParamsError(f"{source}: not valid YAML: {str(err).strip().splitlines()[0]}") from None
+
+
+def write_yaml(path: Path, data: Any) -> None:
+    """Write `data` to `path` as YAML that `read_yaml` and DVC read back as it was, keys in order."""
+    stream = io.StringIO()
+    _yaml().dump(data, stream)
+    path.write_text(stream.getvalue())
+
+
 def load_params(path: Path = Path("params.yaml")) -> Params:
     """Read and validate `path`; raise `ParamsError` naming the first problem found."""
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    raw = read_yaml(text, path)
+    if raw is None:
+        sections = ", ".join(f.name for f in dataclasses.fields(Params))
+        raise ParamsError(f"{path}: is empty; expected the sections {sections}")
     return _build(Params, raw, path, prefix="")
 
 
 def _build(cls: type, raw: Any, path: Path, prefix: str) -> Any:
     where = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: {where} must be a mapping of keys to values, got {raw!r}")
+        raise ParamsError(f"{path}: {where} must be a mapping of keys to values, got {_short(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
@@ -198,7 +248,7 @@ def _build(cls: type, raw: Any, path: Path, prefix: str) -> Any:
 def _build_mapping(cls: type, raw: Any, path: Path, key: str) -> dict[str, Any]:
     """A mapping of names to sections of type `cls` (e.g. `gate.metrics.<name>`)."""
     if not isinstance(raw, dict) or not raw:
-        raise ParamsError(f"{path}: {key} must be a non-empty mapping of names to settings, got {raw!r}")
+        raise ParamsError(f"{path}: {key} must be a non-empty mapping of names to settings, got {_short(raw)}")
     return {str(name): _build(cls, value, path, prefix=f"{key}.{name}.") for name, value in raw.items()}
 
 
@@ -218,13 +268,21 @@ def _check_value(value: Any, hint: Any, rule: typing.Mapping[str, Any], key: str
         ok = isinstance(value, base) and not isinstance(value, bool)
     if not ok:
         raise ParamsError(
-            f"{path}: {key} = {value!r} has the wrong type; expected {_describe(allowed, rule)}"
+            f"{path}: {key} = {_short(value)} has the wrong type; expected {_describe(allowed, rule)}"
         )
     if base is float:
         value = float(value)
+        if not math.isfinite(value):
+            raise ParamsError(f"{path}: {key} = {value!r} is not a finite number; expected {_describe(allowed, rule)}")
     if not _in_range(value, rule):
         raise ParamsError(f"{path}: {key} = {value!r} is out of range; expected {_describe(allowed, rule)}")
     return value
+
+
+def _short(value: Any) -> str:
+    """`repr(value)`, cut to a length that keeps an error on one readable line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _in_range(value: Any, rule: typing.Mapping[str, Any]) -> bool:

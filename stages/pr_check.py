@@ -31,11 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stages import gate, seeds
 from stages.outputs import write_json
-from stages.params import GateParams, ParamsError, load_params
+from stages.params import GateParams, ParamsError, load_params, read_yaml, write_yaml
 
 DEFAULT_PROFILE = Path("profiles/smoke.yaml")
 DEFAULT_CONFIRM_SEEDS = 3
@@ -55,10 +53,10 @@ def git(*args: str, cwd: Path) -> str:
 
 def apply_profile(params_file: Path, profile: dict[str, dict[str, Any]]) -> None:
     """Override `params_file`'s values with the profile's (sizes only), keeping everything else."""
-    params = yaml.safe_load(params_file.read_text()) or {}
+    params = read_yaml(params_file.read_text(), params_file) or {}
     for section, values in profile.items():
         params.setdefault(section, {}).update(values)
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    write_yaml(params_file, params)
 
 
 def head_worktree(repo: Path, target: Path) -> None:
@@ -106,7 +104,7 @@ def smoke_run(side: Path, profile: dict[str, dict[str, Any]], log_file: Path) ->
 def base_at_chance(base_dir: Path) -> str | None:
     """Why the base's smoke run cannot reveal a regression (it learned nothing), or None."""
     metrics = json.loads((base_dir / "metrics.json").read_text())
-    num_labels = yaml.safe_load((base_dir / "params.yaml").read_text())["data"]["num_labels"]
+    num_labels = load_params(base_dir / "params.yaml").data.num_labels
     chance, n = 1 / num_labels, metrics["n_eval"]
     # Three standard errors above chance: a model that learned anything clears it easily.
     if metrics["accuracy"] < chance + 3 * (chance * (1 - chance) / n) ** 0.5:
@@ -131,7 +129,7 @@ def base_seed_spread(base_dir: Path, extra_seeds: int, work: Path) -> dict[str, 
 
     Only train and evaluate rerun: the data stages are unchanged and DVC skips them.
     """
-    first_seed = int(yaml.safe_load((base_dir / "params.yaml").read_text())["train"]["seed"])
+    first_seed = load_params(base_dir / "params.yaml").train.seed
     by_seed = {first_seed: json.loads((base_dir / gate.METRICS_FILE).read_text())}
     for seed in range(first_seed + 1, first_seed + 1 + extra_seeds):
         smoke_run(base_dir, {"train": {"seed": seed}}, work / f"base-seed-{seed}.log")
@@ -181,7 +179,7 @@ def run(
     regression (0: trust the paired test alone).
     """
     repo = repo.resolve()
-    profile = yaml.safe_load((repo / profile_file).read_text())
+    profile = read_yaml((repo / profile_file).read_text(), profile_file)
     try:
         gate_params = load_params(repo / "params.yaml").gate
     except ParamsError as err:

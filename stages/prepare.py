@@ -5,16 +5,21 @@ and `label` (int64 in `[0, data.num_labels)`).
 
 `data.dataset` picks the source:
 - `synthetic`: the built-in generator (`stages/synthetic.py`), no network needed;
-- a CSV, JSON Lines or Parquet file, split into train and test by a seeded, stratified
-  `data.test_size`;
-- a folder holding `train.<ext>` and `test.<ext>`;
+- a CSV, JSON Lines or Parquet file under `data/raw/`, split into train and test by a seeded,
+  stratified `data.test_size`;
+- a folder under `data/raw/` holding `train.<ext>` and `test.<ext>`;
 - anything else is a Hub dataset id (`yelp_review_full`), pinned by `data.revision`.
+
+Texts are read as written (`NA`, `null` and `123` are reviews); labels must be integers, not booleans.
+A split with one class, or test labels that train lacks, stop the stage; test texts that also appear
+in train are counted (`meta.json`'s `test_texts_in_train`) and logged as a warning.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -34,22 +39,50 @@ from stages.synthetic import generate_reviews
 log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
-READERS = {
-    ".csv": lambda path: pd.read_csv(path),
-    ".jsonl": lambda path: pd.read_json(path, lines=True),
-    ".json": lambda path: pd.read_json(path, lines=True),
-    ".parquet": lambda path: pd.read_parquet(path),
-}
+# DVC tracks this folder as a dependency of prepare: a dataset elsewhere would change unseen.
+RAW_DIR = Path("data/raw")
 SPLITS = ("train", "test")
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    # Texts as written: pandas would read `NA`, `null` or `nan` as missing and `123` as a number.
+    # utf-8-sig drops the byte-order mark that spreadsheet exports put before the first header.
+    return pd.read_csv(path, dtype={"text": str}, keep_default_na=False, encoding="utf-8-sig")
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    # One json.loads per line, not pandas.read_json, which turns string texts such as "123" into numbers.
+    rows = []
+    with path.open(encoding="utf-8-sig") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"line {number}: {err.msg}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return pd.DataFrame.from_records(rows)
+
+
+READERS = {".csv": _read_csv, ".jsonl": _read_jsonl, ".json": _read_jsonl, ".parquet": pd.read_parquet}
 
 
 class DataError(UserError):
     """Raw data that cannot be used; the message names the file or split, the row and the fix."""
 
 
-def run(params: DataParams, out_dir: Path) -> dict[str, int]:
+def run(params: DataParams, out_dir: Path, raw_dir: Path = RAW_DIR) -> dict[str, int]:
     """Load and validate the raw data named by `params.dataset`; write `out_dir`. Return row counts."""
-    splits = load_splits(params)
+    splits = load_splits(params, raw_dir)
+    leaked, n_test = leaked_texts(splits), len(splits["test"])
+    if leaked:
+        log.warning(
+            "%d of %d test texts (%.1f%%) also appear verbatim in train: test accuracy overstates accuracy on new "
+            "reviews (leakage); remove them from one split", leaked, n_test, 100 * leaked / n_test,
+        )
     with atomic_dir(out_dir) as tmp:
         for split, frame in splits.items():
             table = pa.table(
@@ -58,27 +91,54 @@ def run(params: DataParams, out_dir: Path) -> dict[str, int]:
             pq.write_table(table, tmp / f"{split}.parquet")
         # The params this data came from, carried forward by tokenize and subset so the model card
         # can name the data without evaluate reading any section of params.yaml but its own.
-        write_json(tmp / "meta.json", {"params": {"data": dataclasses.asdict(params)}})
+        write_json(tmp / "meta.json", {"params": {"data": dataclasses.asdict(params)}, "test_texts_in_train": leaked})
     return {split: len(frame) for split, frame in splits.items()}
 
 
-def load_splits(params: DataParams) -> dict[str, pd.DataFrame]:
-    """The validated train and test splits, each a frame with columns `text` and `label`."""
+def load_splits(params: DataParams, raw_dir: Path = RAW_DIR) -> dict[str, pd.DataFrame]:
+    """The validated train and test splits, each a frame with columns `text` and `label`.
+
+    A local `params.dataset` must lie inside `raw_dir`.
+    """
     if params.dataset == SYNTHETIC:
         return {
             "train": _synthetic(params.synthetic_train_size, params.seed, params),
             # A different seed stream keeps test reviews independent of the train ones.
             "test": _synthetic(params.synthetic_test_size, params.seed + 1_000_003, params),
         }
-    path = Path(params.dataset).expanduser()
-    if path.is_dir():
-        return {split: _validated(_read(_split_file(path, split)), str(_split_file(path, split)), params) for split in SPLITS}
-    if path.suffix.lower() in READERS or path.exists():
-        frame = _validated(_read(path), str(path), params)
-        return _stratified_split(frame, str(path), params)
-    if params.dataset.startswith((".", "/", "~")) or "\\" in params.dataset:
-        raise DataError(f"data.dataset = {params.dataset!r}: no such file or folder")
-    return _hub_splits(params)
+    path = _local_path(params.dataset, raw_dir)
+    if path is None:
+        source, splits = f"dataset {params.dataset!r}", _hub_splits(params)
+    elif path.is_dir():
+        files = {split: _split_file(path, split) for split in SPLITS}
+        source, splits = str(path), {split: _validated(_read(file), str(file), params) for split, file in files.items()}
+    else:
+        source = str(path)
+        splits = _stratified_split(_validated(_read(path), source, params), source, params)
+    _check_classes(splits, source)
+    return splits
+
+
+def _local_path(dataset: str, raw_dir: Path) -> Path | None:
+    """The local file or folder that `data.dataset` names, checked to be in `raw_dir`; None for a Hub id."""
+    path = Path(dataset).expanduser()
+    parts = Path(dataset).parts
+    # A Hub id is `name` or `owner/name`; a path has a file suffix, more parts, or a local first folder.
+    looks_local = (
+        dataset.startswith((".", "/", "~")) or "\\" in dataset or path.suffix.lower() in READERS or path.exists()
+        or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+    )
+    if not looks_local:
+        return None
+    if not path.resolve().is_relative_to(raw_dir.resolve()):
+        raise DataError(
+            f"data.dataset = {dataset!r} is outside {raw_dir}/, which DVC tracks as prepare's input, so an edit "
+            f"there would rerun nothing; copy it in (cp -r {dataset} {raw_dir}/) and set "
+            f"data.dataset: {raw_dir / path.name}"
+        )
+    if not path.exists() and path.suffix.lower() not in READERS:
+        raise DataError(f"data.dataset = {dataset!r}: no such file or folder")
+    return path
 
 
 def _synthetic(n: int, seed: int, params: DataParams) -> pd.DataFrame:
@@ -135,6 +195,13 @@ def _validated(frame: pd.DataFrame, source: str, params: DataParams) -> pd.DataF
             f"{source} row {row + 1}: text is empty, null or not a string ({_plain(text.iloc[row])!r}); "
             f"every review needs non-empty text ({int(bad_text.sum())} such rows)"
         )
+    booleans = frame["label"].map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy()
+    if booleans.any():
+        row = int(np.flatnonzero(booleans)[0])
+        raise DataError(
+            f"{source} row {row + 1}: label {_plain(frame['label'].iloc[row])!r} is a boolean; expected an integer "
+            f"in [0, {params.num_labels}) ({int(booleans.sum())} such rows)"
+        )
     labels = pd.to_numeric(frame["label"], errors="coerce")
     in_range = labels.notna() & (labels % 1 == 0) & (labels >= 0) & (labels < params.num_labels)
     if not in_range.all():
@@ -145,6 +212,29 @@ def _validated(frame: pd.DataFrame, source: str, params: DataParams) -> pd.DataF
             f"{int((~in_range).sum())} such rows)"
         )
     return pd.DataFrame({"text": text.astype(str).to_numpy(), "label": labels.astype("int64").to_numpy()})
+
+
+def _check_classes(splits: dict[str, pd.DataFrame], source: str) -> None:
+    """Refuse splits a classifier cannot learn from or be judged on: one class, or test labels train lacks."""
+    counts = {split: frame["label"].value_counts().sort_index() for split, frame in splits.items()}
+    for split, count in counts.items():
+        if len(count) < 2:
+            raise DataError(
+                f"{source}: the {split} split has a single class (label {count.index[0]}: {count.iloc[0]:,} rows); "
+                "a classifier needs examples of at least 2 labels"
+            )
+    unseen = counts["test"][~counts["test"].index.isin(counts["train"].index)]
+    if len(unseen):
+        listed = ", ".join(f"{label} ({n:,} rows)" for label, n in unseen.items())
+        raise DataError(
+            f"{source}: test labels {listed} never occur in train, so the model cannot learn them; "
+            "add train examples of them or drop them from test"
+        )
+
+
+def leaked_texts(splits: dict[str, pd.DataFrame]) -> int:
+    """How many test texts appear verbatim in train (leakage)."""
+    return int(splits["test"]["text"].isin(set(splits["train"]["text"])).sum())
 
 
 def _plain(value: object) -> object:

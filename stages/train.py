@@ -57,7 +57,9 @@ ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
 def load_pretrained(model: ModelParams, num_labels: int, attention_dropout: float | None = None) -> PreTrainedModel:
     """The pretrained encoder with a fresh `num_labels`-way classification head (safetensors only).
 
-    `attention_dropout`, unless None, replaces the model config's dropout on attention weights.
+    A model folder that already holds a classification head is refused, whether it fits `num_labels`
+    (it would be reused, not fresh) or not. `attention_dropout`, unless None, replaces the model
+    config's dropout on attention weights.
     """
     model_dir = hub.model_dir(model)
     try:
@@ -70,17 +72,39 @@ def load_pretrained(model: ModelParams, num_labels: int, attention_dropout: floa
                     f"has no attention dropout ({' or '.join(ATTENTION_DROPOUT_KEYS)}); expected null for this model"
                 )
             setattr(config, key, attention_dropout)
-        return AutoModelForSequenceClassification.from_pretrained(
+        classifier, loading = AutoModelForSequenceClassification.from_pretrained(
             model_dir,
             config=config,
             use_safetensors=True,
             trust_remote_code=model.trust_remote_code,
+            ignore_mismatched_sizes=True,  # a head of another size is refused below, with its shapes
+            output_loading_info=True,
         )
     except UserError:
         raise
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0]
         raise UserError(f"model.name = {model.name!r}: cannot load safetensors weights from {model_dir}: {first_line}") from None
+    _refuse_existing_head(classifier, loading, model.name, num_labels)
+    return classifier
+
+
+def _refuse_existing_head(classifier: PreTrainedModel, loading: dict, name: str, num_labels: int) -> None:
+    """Stop when the checkpoint brought its own classification head instead of leaving it fresh."""
+    advice = "train fine-tunes a pretrained encoder with a fresh head: point model.name at the base model"
+    if loading["mismatched_keys"]:
+        key, saved, _ = sorted(loading["mismatched_keys"])[0]
+        raise UserError(
+            f"model.name = {name!r} already has a classification head that does not fit data.num_labels = "
+            f"{num_labels} ({key}: {list(saved)} in the checkpoint); {advice}"
+        )
+    base = classifier.base_model_prefix
+    head = {key for key in classifier.state_dict() if not key.startswith(f"{base}.")}
+    if head and not head & set(loading["missing_keys"]):
+        raise UserError(
+            f"model.name = {name!r} already has a {num_labels}-label classification head, which training would "
+            f"reuse; {advice}"
+        )
 
 
 TRAINING_PARAMS_FILE = "training_params.json"

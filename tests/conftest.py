@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from stages.hub import packaged_model_dir
-from stages.params import Params, load_params
+from stages.params import Params, load_params, read_yaml, write_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_MAX_POSITIONS = 128
@@ -69,13 +68,24 @@ def merged(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[s
 
 
 def default_params_dict() -> dict[str, Any]:
-    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    return read_yaml((REPO_ROOT / "params.yaml").read_text(), "params.yaml")
 
 
 def write_params(path: Path, overrides: dict[str, dict[str, Any]]) -> Path:
     """Write the repository's params.yaml with `overrides` applied to `path`."""
-    path.write_text(yaml.safe_dump(merged(default_params_dict(), overrides), sort_keys=False))
+    write_yaml(path, merged(default_params_dict(), overrides))
     return path
+
+
+def set_params(repo: Path, overrides: dict[str, dict[str, Any]]) -> None:
+    """Apply `overrides` to `repo`'s params.yaml in place, as a user's edit would."""
+    path = repo / "params.yaml"
+    write_yaml(path, merged(read_yaml(path.read_text(), path), overrides))
+
+
+def read_lock(repo: Path) -> dict[str, Any]:
+    """`repo`'s dvc.lock, read as DVC reads it."""
+    return read_yaml((repo / "dvc.lock").read_text(), repo / "dvc.lock")
 
 
 @pytest.fixture

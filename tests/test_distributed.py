@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-from conftest import run_cmd
+from conftest import run_cmd, set_params
 from stages import distributed
 from stages.params import ParamsError, Params
 
@@ -42,9 +41,7 @@ def test_torchrun_command_on_one_machine_and_on_several(tiny_params: Params, mon
 
 @pytest.mark.slow
 def test_two_cpu_processes_train_as_one_run_and_write_one_set_of_outputs(project: Path) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["nproc_per_node"] = 2
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, {"train": {"nproc_per_node": 2}})
 
     result = run_cmd(["dvc", "repro"], project)
     assert "launching 2 training processes with torchrun" in result.stderr + result.stdout

@@ -130,6 +130,16 @@ def test_missing_or_empty_metrics_cannot_compare(tmp_path: Path, metrics_text: s
     assert f"**Could not compare:** {base}: {reason}" in report
 
 
+@pytest.mark.parametrize("side", ["base", "cand"])
+def test_a_nan_metric_cannot_compare_never_passes(tmp_path: Path, side: str) -> None:
+    runs = {"base": write_run(tmp_path / "base", base_correct()), "cand": write_run(tmp_path / "cand", base_correct())}
+    metrics = json.loads((runs[side] / "metrics.json").read_text())
+    (runs[side] / "metrics.json").write_text(json.dumps({**metrics, "eval_loss": float("nan")}))  # as json writes NaN
+    status, report = gate.run(GATE, None, runs["base"], runs["cand"])
+    assert status == gate.CANNOT_COMPARE
+    assert f"{runs[side]}: metrics.json has eval_loss = nan, not a finite number (the run diverged)" in report
+
+
 def test_different_eval_data_or_profile_cannot_compare(tmp_path: Path) -> None:
     status, report = judge(tmp_path, base_correct(), fingerprint="0" * 64)
     assert status == gate.CANNOT_COMPARE

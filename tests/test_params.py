@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, write_params
-from stages.params import ParamsError, load_params
+from stages.params import ParamsError, load_params, read_yaml, write_yaml
 
 
 def test_repository_defaults_load() -> None:
@@ -52,7 +52,7 @@ def test_int_is_accepted_where_a_number_is_expected(tmp_path: Path) -> None:
         ),
         (
             {"subset": {"seed": None}},
-            "subset.seed is null; expected an integer >= 0",
+            "subset.seed is null; expected an integer >= 0 and <= 4294967295",
         ),
         (
             {"train": {"max_steps": 0}},
@@ -95,5 +95,62 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_params(tmp_path / "absent.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("train: [unclosed\n")
-    with pytest.raises(ParamsError, match=f"{broken}: not valid YAML"):
+    with pytest.raises(ParamsError) as raised:
         load_params(broken)
+    assert str(raised.value) == (
+        f"{broken} line 2, column 1: not valid YAML: expected ',' or ']', but got '<stream end>' "
+        "(while parsing a flow sequence)"
+    )
+
+
+# How users write values, and what DVC (ruamel.yaml, YAML 1.2) reads: the stages must read the same.
+YAML_VALUES = ["3e-05", "3e-5", "1e-3", "5E-5", "5.0e-05", ".5", "1_000", "0x10", "null", "~", "off", "on", "yes", "no",
+               "true", "'42'", "-1", ".inf", "-.inf", "2026-12-01", "[8, 16]", "{a: 1}"]
+
+
+@pytest.mark.parametrize("text", YAML_VALUES)
+def test_values_read_as_dvc_reads_them(text: str) -> None:
+    from dvc.utils.serialize import parse_yaml
+
+    ours, dvcs = read_yaml(f"key: {text}\n", "p.yaml")["key"], parse_yaml(f"key: {text}\n", "p.yaml")["key"]
+    assert ours == dvcs and type(ours) is type(dvcs)
+
+
+def test_yaml_1_2_where_pyyaml_reads_yaml_1_1() -> None:
+    values = read_yaml("lr: 3e-05\ntf32: off\nok: yes\nsteps: 1_000\n", "p.yaml")
+    assert values == {"lr": 3e-05, "tf32": "off", "ok": "yes", "steps": 1000}
+
+
+def test_written_params_read_back_unchanged(tmp_path: Path) -> None:
+    data = {"train": {"learning_rate": 3e-05, "tf32": "off", "max_steps": None, "group_by_length": True,
+                      "seed": 42, "label": "1_000"}, "z_first_in_file": {"a": [1, 2]}}
+    write_yaml(tmp_path / "p.yaml", data)
+    assert read_yaml((tmp_path / "p.yaml").read_text(), "p.yaml") == data
+    assert list(read_yaml((tmp_path / "p.yaml").read_text(), "p.yaml")) == ["train", "z_first_in_file"]
+
+
+def test_a_duplicated_key_is_refused_with_its_line() -> None:
+    with pytest.raises(ParamsError) as raised:
+        read_yaml("train:\n  seed: 1\n  seed: 2\n", "params.yaml")
+    assert str(raised.value) == (
+        "params.yaml: key 'seed' appears twice in one mapping (again at line 3); a key may appear only once"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train": {"learning_rate": float("inf")}},
+         "train.learning_rate = inf is not a finite number; expected a number >= 0"),
+        ({"train": {"attention_dropout": float("nan")}},
+         "train.attention_dropout = nan is not a finite number; expected a number >= 0 and < 1, or null"),
+        ({"data": {"seed": -1}}, "data.seed = -1 is out of range; expected an integer >= 0 and <= 4294967295"),
+        ({"gate": {"seed": 2**32}},
+         "gate.seed = 4294967296 is out of range; expected an integer >= 0 and <= 4294967295"),
+    ],
+)
+def test_non_finite_numbers_and_seeds_out_of_range(tmp_path: Path, overrides: dict, message: str) -> None:
+    path = write_params(tmp_path / "params.yaml", overrides)
+    with pytest.raises(ParamsError) as raised:
+        load_params(path)
+    assert str(raised.value) == f"{path}: {message}"

@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import run_cmd
+from conftest import read_lock, run_cmd, set_params
 
 STAGES = ["prepare", "tokenize", "subset", "train", "evaluate"]
 
@@ -20,7 +19,7 @@ def ran_stages(output: str) -> list[str]:
 
 def output_hashes(repo: Path) -> dict[str, str]:
     """Every stage output's hash, as dvc.lock records it."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    lock = read_lock(repo)
     return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage["outs"]}
 
 
@@ -65,23 +64,28 @@ def test_repro_skip_partial_rerun_experiments_and_metrics_diff(project: Path) ->
     run_cmd(["git", "commit", "-qm", "baseline"], project)
 
     # A new subset size reruns subset, train and evaluate, but never re-tokenizes.
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["subset"]["train_size"] = 120
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, {"subset": {"train_size": 120}})
     partial = run_cmd(["dvc", "repro"], project)
     assert ran_stages(partial.stdout) == ["subset", "train", "evaluate"]
     run_cmd(["git", "commit", "-qam", "smaller train subset"], project)
 
-    # An experiment with another learning rate is listed with its params and metrics.
-    run_cmd(["dvc", "exp", "run", "-S", "train.learning_rate=0.003", "--name", "lr-3e-3"], project)
+    # The README's experiment, typed as written: DVC writes `3e-05` (YAML 1.2), which every stage must
+    # read as the number it is (a YAML 1.1 reader such as PyYAML reads a string).
+    ran = run_cmd(["dvc", "exp", "run", "-S", "train.learning_rate=3e-5"], project)
+    assert re.search(r"^ +learning_rate: 3e-05$", (project / "params.yaml").read_text(), re.MULTILINE)
+    name = re.search(r"Ran experiment\(s\): (\S+)", ran.stdout).group(1)
     shown = json.loads(run_cmd(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = [exp for entry in shown for exp in (entry.get("experiments") or [])]
-    named = [exp for exp in experiments if exp.get("name") == "lr-3e-3"]
+    named = [exp for exp in experiments if exp.get("name") == name]
     assert named, shown
-    revision = named[0]["revs"][0]["data"]
-    assert revision["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 0.003
-    exp_metrics = revision["metrics"]["metrics.json"]["data"]
+    revision = named[0]["revs"][0]
+    assert revision["error"] is None
+    learning_rate = revision["data"]["params"]["params.yaml"]["data"]["train"]["learning_rate"]
+    assert learning_rate == 3e-5 and isinstance(learning_rate, float)
+    exp_metrics = revision["data"]["metrics"]["metrics.json"]["data"]
     assert set(exp_metrics) == {"accuracy", "macro_f1", "eval_loss", "n_eval"}
+    trained_with = json.loads((project / "models" / "model" / "training_params.json").read_text())
+    assert trained_with["train"]["learning_rate"] == 3e-5
 
     # The experiment's results are in the workspace: `dvc metrics diff` shows the change against HEAD.
     diff = json.loads(run_cmd(["dvc", "metrics", "diff", "--json"], project).stdout)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO_ROOT, run_cmd, stage_env
+from conftest import REPO_ROOT, run_cmd, set_params, stage_env
+from stages.params import write_yaml
 
 # Enough for the tiny BERT to learn well above chance in seconds, and to do so steadily over
 # training seeds (accuracy 0.59, 0.59, 0.58, 0.58 for seeds 42..45; 1,500 examples for 3 epochs
@@ -33,12 +33,6 @@ def pr_check(repo: Path, base: str) -> subprocess.CompletedProcess:
     )
 
 
-def set_param(repo: Path, section: str, key: str, value: object) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params[section][key] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def check_branch(repo: Path, branch: str, change: Callable[[], object]) -> tuple[subprocess.CompletedProcess, str]:
     """A branch off main with `change` committed, checked as CI checks a pull request: (result, report)."""
     run_cmd(["git", "checkout", "-q", "main"], repo)
@@ -50,13 +44,13 @@ def check_branch(repo: Path, branch: str, change: Callable[[], object]) -> tuple
 
 @pytest.mark.slow
 def test_pr_check_fails_a_real_regression_and_passes_a_comment_change(project: Path) -> None:
-    (project / "profiles" / "smoke.yaml").write_text(yaml.safe_dump(TEST_PROFILE))
-    set_param(project, "train", "learning_rate", 0.003)
+    write_yaml(project / "profiles" / "smoke.yaml", TEST_PROFILE)
+    set_params(project, {"train": {"learning_rate": 0.003}})
     run_cmd(["git", "add", "-A"], project)
     run_cmd(["git", "commit", "-qm", "baseline"], project)
 
     # A change that really hurts: no learning at all.
-    hurt, report = check_branch(project, "no-learning", lambda: set_param(project, "train", "learning_rate", 0.0))
+    hurt, report = check_branch(project, "no-learning", lambda: set_params(project, {"train": {"learning_rate": 0.0}}))
     assert hurt.returncode != 0, hurt.stdout + hurt.stderr
     assert "## Metric gate: FAIL: regression" in report, report
     assert "| `train.learning_rate` | 0.003 | 0.0 |" in report
@@ -67,7 +61,7 @@ def test_pr_check_fails_a_real_regression_and_passes_a_comment_change(project: P
     assert "Smoke profile (profiles/smoke.yaml)" in report
 
     # A change of the training seed only: noise, not a regression.
-    reseeded, report = check_branch(project, "other-seed", lambda: set_param(project, "train", "seed", 7))
+    reseeded, report = check_branch(project, "other-seed", lambda: set_params(project, {"train": {"seed": 7}}))
     assert reseeded.returncode == 0, report + reseeded.stderr
     assert "## Metric gate: PASS" in report and "| `train.seed` | 42 | 7 |" in report
 

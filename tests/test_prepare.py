@@ -50,24 +50,24 @@ def test_single_file_is_split_stratified_and_seeded(tiny_params: Params, tmp_pat
      ".jsonl": lambda: frame.to_json(source, orient="records", lines=True),
      ".parquet": lambda: frame.to_parquet(source)}[suffix]()
     params = data_params(tiny_params, dataset=str(source), test_size=0.2)
-    splits = prepare.load_splits(params)
+    splits = prepare.load_splits(params, tmp_path)
     assert len(splits["train"]) == 80 and len(splits["test"]) == 20
     assert splits["test"]["label"].value_counts().to_dict() == {0: 4, 1: 4, 2: 4, 3: 4, 4: 4}
     assert set(splits["train"]["text"]) | set(splits["test"]["text"]) == set(frame["text"])
-    assert prepare.load_splits(params)["test"].equals(splits["test"])
+    assert prepare.load_splits(params, tmp_path)["test"].equals(splits["test"])
 
 
 def test_folder_with_train_and_test_files(tiny_params: Params, tmp_path: Path) -> None:
     reviews_frame(30).to_csv(tmp_path / "train.csv", index=False)
     reviews_frame(10).to_json(tmp_path / "test.jsonl", orient="records", lines=True)
-    splits = prepare.load_splits(data_params(tiny_params, dataset=str(tmp_path)))
+    splits = prepare.load_splits(data_params(tiny_params, dataset=str(tmp_path)), tmp_path)
     assert (len(splits["train"]), len(splits["test"])) == (30, 10)
 
 
 def test_extra_columns_are_dropped(tiny_params: Params, tmp_path: Path) -> None:
     source = tmp_path / "reviews.csv"
     reviews_frame(50).assign(user="someone").to_csv(source, index=False)
-    splits = prepare.load_splits(data_params(tiny_params, dataset=str(source)))
+    splits = prepare.load_splits(data_params(tiny_params, dataset=str(source)), tmp_path)
     assert list(splits["train"].columns) == ["text", "label"]
 
 
@@ -93,7 +93,7 @@ def write_csv(path: Path, text: str) -> Path:
         ),
         (
             'text,label\ngood,1\n"",2\n   ,3\n',
-            "{path} row 2: text is empty, null or not a string (nan); every review needs non-empty text (2 such rows)",
+            "{path} row 2: text is empty, null or not a string (''); every review needs non-empty text (2 such rows)",
         ),
         ("text,label\n", "{path}: no rows; expected reviews with columns 'text' and 'label'"),
         ("", "{path}: file is empty; expected rows with columns 'text' and 'label'"),
@@ -104,24 +104,24 @@ def test_bad_data_names_the_file_row_and_expectation(
 ) -> None:
     path = write_csv(tmp_path / "reviews.csv", content)
     with pytest.raises(DataError) as raised:
-        prepare.load_splits(data_params(tiny_params, dataset=str(path)))
+        prepare.load_splits(data_params(tiny_params, dataset=str(path)), tmp_path)
     assert str(raised.value) == message.format(path=path)
 
 
 def test_malformed_jsonl_and_missing_file(tiny_params: Params, tmp_path: Path) -> None:
     broken = write_csv(tmp_path / "reviews.jsonl", '{"text": "good", "label": 1}\n{"text": "bad", \n')
     with pytest.raises(DataError, match=f"^{broken}: cannot be read as JSONL: "):
-        prepare.load_splits(data_params(tiny_params, dataset=str(broken)))
+        prepare.load_splits(data_params(tiny_params, dataset=str(broken)), tmp_path)
     missing = tmp_path / "nowhere.csv"
     with pytest.raises(DataError) as raised:
-        prepare.load_splits(data_params(tiny_params, dataset=str(missing)))
+        prepare.load_splits(data_params(tiny_params, dataset=str(missing)), tmp_path)
     assert str(raised.value) == f"{missing}: file not found (data.dataset)"
 
 
 def test_folder_without_test_file(tiny_params: Params, tmp_path: Path) -> None:
     reviews_frame(10).to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(DataError) as raised:
-        prepare.load_splits(data_params(tiny_params, dataset=str(tmp_path)))
+        prepare.load_splits(data_params(tiny_params, dataset=str(tmp_path)), tmp_path)
     assert str(raised.value) == (
         f"{tmp_path}: no 'test' files; expected exactly one of test.csv, test.jsonl, test.json, test.parquet"
     )
@@ -145,6 +145,6 @@ def test_failed_run_keeps_the_previous_output(tiny_params: Params, tmp_path: Pat
     prepare.run(tiny_params.data, out)
     before = (out / "train.parquet").read_bytes()
     with pytest.raises(DataError):
-        prepare.run(data_params(tiny_params, dataset=str(tmp_path / "missing.csv")), out)
+        prepare.run(data_params(tiny_params, dataset=str(tmp_path / "missing.csv")), out, raw_dir=tmp_path)
     assert (out / "train.parquet").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "prepared"]

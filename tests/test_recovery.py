@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import run_cmd, stage_env
+from conftest import read_lock, run_cmd, set_params, stage_env
 
 # 1,200 examples in batches of 16 for 3 epochs: 225 steps, a checkpoint every 20.
 RESUMABLE = {
@@ -20,13 +19,6 @@ RESUMABLE = {
     "subset": {"train_size": 1200, "eval_size": 200},
     "train": {"epochs": 3, "batch_size": 16, "save_steps": 20},
 }
-
-
-def set_params(repo: Path, overrides: dict[str, dict[str, object]]) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in overrides.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def repro_killed_after_first_checkpoint(repo: Path) -> None:
@@ -45,7 +37,7 @@ def repro_killed_after_first_checkpoint(repo: Path) -> None:
 
 
 def model_hash(repo: Path) -> str:
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    lock = read_lock(repo)
     return next(out["md5"] for out in lock["stages"]["train"]["outs"] if out["path"] == "models/model")
 
 

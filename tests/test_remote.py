@@ -19,10 +19,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-import yaml
 from moto.server import ThreadedMotoServer
 
-from conftest import new_project, run_cmd, stage_env, tiny_overrides
+from conftest import new_project, read_lock, run_cmd, stage_env, tiny_overrides
 
 BUCKET = "dvc-remote-test"
 PREFIX = "yelp/store"
@@ -90,7 +89,7 @@ def lock_objects(repo: Path) -> set[str]:
     Not the whole cache: `dvc repro` also stores the train stage's uncached plot there, for the run
     cache (`dvc push --run-cache`), and a plain push leaves it out.
     """
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    lock = read_lock(repo)
     keys = set()
     for stage in lock["stages"].values():
         for out in stage.get("outs", []):
