@@ -32,7 +32,8 @@ test: $(SETUP)
 clean-venv:
 	rm -rf $(VENV)
 
-# The pull-request check, as CI runs it: smoke runs of BASE and of this checkout, then the gate.
+# The pull-request check, as CI runs it: smoke runs of BASE and of this checkout, then the gate,
+# judged by BASE's own check, rules and profile (stages/pr_check.py hands over to BASE's copy).
 BASE ?= origin/main
 .PHONY: pr-check
 pr-check: $(SETUP)

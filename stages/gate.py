@@ -5,8 +5,10 @@
 
 The candidate is the workspace (or `--candidate-run DIR`). Each side is `metrics.json`, the
 per-example `reports/predictions.csv` and `reports/eval_info.json` (what the metrics were computed on).
+The base's rules judge: section `gate:` of the base's `params.yaml` (at `--base REV`, or in the
+`--base-run` folder), never the candidate's, unless `--rules FILE` names another params file.
 
-For each metric in section `gate.metrics` of `params.yaml` (direction, absolute tolerance):
+For each metric in section `gate.metrics` (direction, absolute tolerance):
 - a change no worse than the tolerance passes;
 - a larger drop fails only if it is statistically significant: with predictions for the same eval
   examples on both sides, by a seeded paired bootstrap (plus McNemar's exact test for accuracy);
@@ -35,9 +37,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from stages.params import GateParams, MetricRule, ParamsError, flatten, load_params, read_yaml
+from stages.params import GateParams, MetricRule, ParamsError, flatten, load_gate_rules, read_yaml
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
+POWER = 0.8  # the detection rate at which the report states the smallest drop the test catches
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "reports/predictions.csv"
 INFO_FILE = "reports/eval_info.json"
@@ -69,6 +72,7 @@ class MetricResult:
     p_value: float | None
     tolerance: float
     verdict: str  # "pass", "pass (within noise)", "regression"
+    detectable: float | None = None  # the drop this test would fail with probability POWER
 
     @property
     def delta(self) -> float:
@@ -80,19 +84,55 @@ class MetricResult:
 
 def read_from_git(revision: str, repo: Path = Path(".")) -> Side:
     """The side committed at `revision`: read with `git show`, so no DVC cache is needed."""
+    name = f"{revision} ({resolve_commit(revision, repo)[:10]})"
+
+    def show(path: str) -> str | None:
+        return git_show(revision, path, repo)
+
+    return _side(name, show(METRICS_FILE), show(INFO_FILE), show(PREDICTIONS_FILE), show(PARAMS_FILE))
+
+
+def resolve_commit(revision: str, repo: Path = Path(".")) -> str:
+    """The full commit id of `revision`; `CannotCompare` if it names no commit."""
     resolved = subprocess.run(
         ["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
         cwd=repo, capture_output=True, text=True,
     )
     if resolved.returncode != 0:
         raise CannotCompare(f"base revision {revision!r} is not a commit in this repository")
+    return resolved.stdout.strip()
 
-    def show(path: str) -> str | None:
-        result = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=repo, capture_output=True, text=True)
-        return result.stdout if result.returncode == 0 else None
 
-    name = f"{revision} ({resolved.stdout.strip()[:10]})"
-    return _side(name, show(METRICS_FILE), show(INFO_FILE), show(PREDICTIONS_FILE), show(PARAMS_FILE))
+def git_show(revision: str, path: str, repo: Path = Path(".")) -> str | None:
+    """The text of `path` committed at `revision`, or None where it has none."""
+    result = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=repo, capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def base_rules(
+    base_revision: str | None, base_run: Path | None, rules_file: Path | None
+) -> tuple[GateParams, str]:
+    """The gate rules that judge, and where they came from: `rules_file`, else the base's own params.
+
+    Raises `CannotCompare` when they cannot be read: the candidate's rules are never the fallback.
+    """
+    if rules_file is not None:
+        source, text = str(rules_file), rules_file.read_text() if rules_file.is_file() else None
+    elif base_run is not None:
+        source = str(base_run / PARAMS_FILE)
+        text = (base_run / PARAMS_FILE).read_text() if (base_run / PARAMS_FILE).is_file() else None
+    else:
+        revision = base_revision or "HEAD"
+        source = f"{revision} ({resolve_commit(revision)[:10]}):{PARAMS_FILE}"
+        text = git_show(revision, PARAMS_FILE)
+    if text is None:
+        raise CannotCompare(f"{source}: not found, so there are no gate rules to judge by")
+    try:
+        return load_gate_rules(text, source), source
+    except ParamsError as err:
+        raise CannotCompare(
+            f"the base's gate rules cannot be read ({err}); the candidate's rules are never used instead"
+        ) from None
 
 
 def read_from_dir(folder: Path, name: str | None = None) -> Side:
@@ -187,17 +227,19 @@ def _judge(
 ) -> MetricResult:
     b, c = float(base.metrics[name]), float(candidate.metrics[name])
     z = stats.norm.ppf(0.5 + gate.confidence / 2)
-    interval, method, p_value = None, "no interval", None
+    interval, method, p_value, se, quantiles = None, "no interval", None, None, stats.norm
     if seed_noise and name in seed_noise:
         n = int(seed_noise[name]["n"])
         # Student's t, not z: a spread measured on a handful of seeds is itself uncertain.
-        t = stats.t.ppf(0.5 + gate.confidence / 2, df=max(n - 1, 1))
-        spread = float(seed_noise[name]["std"]) * np.sqrt(2.0)  # the difference of two seeded runs
-        interval, method = (c - b - t * spread, c - b + t * spread), f"seed spread (n={n})"
+        quantiles = stats.t(df=max(n - 1, 1))
+        t = quantiles.ppf(0.5 + gate.confidence / 2)
+        se = float(seed_noise[name]["std"]) * np.sqrt(2.0)  # the difference of two seeded runs
+        interval, method = (c - b - t * se, c - b + t * se), f"seed spread (n={n})"
     elif paired and name in PER_EXAMPLE:
         deltas = _bootstrap_deltas(name, base.predictions, candidate.predictions, gate)
         tail = (1 - gate.confidence) / 2 * 100
         interval = (float(np.percentile(deltas, tail)), float(np.percentile(deltas, 100 - tail)))
+        se = float(np.std(deltas))
         method = f"paired bootstrap ({gate.bootstrap_samples:,})"
         if name == "accuracy":
             p_value = mcnemar_p(base.predictions, candidate.predictions)
@@ -205,6 +247,11 @@ def _judge(
         nb, nc = int(base.info["n_eval"]), int(candidate.info["n_eval"])
         se = np.sqrt(b * (1 - b) / nb + c * (1 - c) / nc)
         interval, method = (c - b - z * se, c - b + z * se), "binomial"
+    # A true drop d fails when it beats the tolerance and its interval clears 0, which under a normal
+    # (or t) error of this size happens with probability POWER once d >= (q_conf + q_power) * se.
+    detectable = None
+    if se is not None:
+        detectable = max(rule.tolerance, float((quantiles.ppf(0.5 + gate.confidence / 2) + quantiles.ppf(POWER)) * se))
 
     worse = (b - c) if rule.direction == "higher" else (c - b)
     if worse <= rule.tolerance + 1e-12:
@@ -214,7 +261,7 @@ def _judge(
     else:
         significant = interval[1] < 0 if rule.direction == "higher" else interval[0] > 0
         verdict = "regression" if significant else "pass (within noise)"
-    return MetricResult(name, b, c, interval, method, p_value, rule.tolerance, verdict)
+    return MetricResult(name, b, c, interval, method, p_value, rule.tolerance, verdict, detectable)
 
 
 def _per_example_accuracy(predictions: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
@@ -278,6 +325,7 @@ def render_report(
     status: int,
     reason: str | None = None,
     confidence: float = 0.95,
+    rules_from: str | None = None,
 ) -> str:
     title = {PASS: "PASS", REGRESSION: "FAIL: regression", CANNOT_COMPARE: "FAIL: cannot compare"}[status]
     lines = [f"## Metric gate: {title}", ""]
@@ -287,6 +335,8 @@ def render_report(
             f"profile `{candidate.info.get('profile')}` · {candidate.info.get('n_eval')} eval examples",
             "",
         ]
+    if rules_from:
+        lines += [f"Gate rules from `{rules_from}`.", ""]
     if reason:
         lines += [f"**Could not compare:** {reason}", ""]
     if base is not None and candidate is not None:
@@ -302,17 +352,24 @@ def render_report(
         lines += [
             "### Metrics",
             "",
-            f"| metric | base | candidate | delta | {confidence:.0%} interval of delta | test | tolerance | verdict |",
-            "| --- | ---: | ---: | ---: | --- | --- | ---: | --- |",
+            f"| metric | base | candidate | delta | {confidence:.0%} interval of delta | test | tolerance | verdict "
+            f"| drop caught {POWER:.0%} of the time |",
+            "| --- | ---: | ---: | ---: | --- | --- | ---: | --- | ---: |",
         ]
         for r in results:
             interval = f"[{r.interval[0]:+.4f}, {r.interval[1]:+.4f}]" if r.interval else "n/a"
             test = r.method + (f", McNemar p={r.p_value:.3g}" if r.p_value is not None else "")
             verdict = "**regression**" if r.verdict == "regression" else r.verdict
+            detectable = f"{r.detectable:.4f}" if r.detectable is not None else "n/a"
             lines.append(
                 f"| {r.name} | {r.base:.4f} | {r.candidate:.4f} | {r.delta:+.4f} | {interval} | {test} | "
-                f"{r.tolerance:g} | {verdict} |"
+                f"{r.tolerance:g} | {verdict} | {detectable} |"
             )
+        lines += [
+            "",
+            f"The last column is the smallest drop this test would fail {POWER:.0%} of the time, for noise of "
+            "the size measured here (normal or Student's t approximation, never below the tolerance).",
+        ]
         lines.append("")
         lines += ["### Verdict", "", _verdict_sentence(results), ""]
     return "\n".join(lines)
@@ -335,8 +392,10 @@ def run(
     candidate_run: Path | None,
     seed_noise_file: Path | None = None,
     names: tuple[str, str] | None = None,
+    rules_from: str | None = None,
 ) -> tuple[int, str]:
-    """Compare; return the exit status and the Markdown report. `names` label (base, candidate)."""
+    """Compare; return the exit status and the Markdown report. `names` label (base, candidate);
+    `rules_from` says in the report where `gate` (the rules) came from."""
     base = candidate = None
     base_name, candidate_name = names or (str(base_run), str(candidate_run) if candidate_run else "workspace")
     try:
@@ -345,9 +404,9 @@ def run(
         seed_noise = _read_seed_noise(seed_noise_file) if seed_noise_file else None
         results = compare(base, candidate, gate, seed_noise)
     except CannotCompare as err:
-        return CANNOT_COMPARE, render_report(base, candidate, [], CANNOT_COMPARE, str(err), gate.confidence)
+        return CANNOT_COMPARE, render_report(base, candidate, [], CANNOT_COMPARE, str(err), gate.confidence, rules_from)
     status = REGRESSION if any(r.verdict == "regression" for r in results) else PASS
-    return status, render_report(base, candidate, results, status, confidence=gate.confidence)
+    return status, render_report(base, candidate, results, status, confidence=gate.confidence, rules_from=rules_from)
 
 
 def _read_seed_noise(path: Path) -> dict[str, Any]:
@@ -363,16 +422,19 @@ def main() -> int:
     source.add_argument("--base", help="git revision whose committed metrics are the base (e.g. origin/main)")
     source.add_argument("--base-run", type=Path, help="folder of a run whose outputs are the base")
     parser.add_argument("--candidate-run", type=Path, help="folder of the candidate run (default: the workspace)")
-    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params file with the gate section")
+    parser.add_argument(
+        "--rules", type=Path,
+        help="params file whose gate: section judges (default: the base's own params.yaml, never the candidate's)",
+    )
     parser.add_argument("--seed-noise", type=Path, help="seed spread from `python -m stages.seeds` (JSON)")
     parser.add_argument("--report", type=Path, help="also write the Markdown report here")
     args = parser.parse_args()
     try:
-        gate = load_params(args.params).gate
-    except ParamsError as err:
+        gate, rules_from = base_rules(args.base, args.base_run, args.rules)
+    except CannotCompare as err:
         print(f"error: {err}", file=sys.stderr)
         return CANNOT_COMPARE
-    status, report = run(gate, args.base, args.base_run, args.candidate_run, args.seed_noise)
+    status, report = run(gate, args.base, args.base_run, args.candidate_run, args.seed_noise, rules_from=rules_from)
     print(report)
     if args.report:
         args.report.write_text(report + "\n")

@@ -216,6 +216,18 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
     return _build(Params, raw, path, prefix="")
 
 
+def load_gate_rules(text: str, source: str) -> GateParams:
+    """The `gate:` section of a params file's `text`, validated: the rules a change is judged by.
+
+    Only that section is read, so the rules of a revision whose other sections this code no longer
+    takes (a key added or renamed since) still load.
+    """
+    raw = read_yaml(text, source)
+    if not isinstance(raw, dict) or "gate" not in raw:
+        raise ParamsError(f"{source}: no 'gate' section; expected the gate rules (gate.confidence, gate.metrics, ...)")
+    return _build(GateParams, raw["gate"], Path(source), prefix="gate.")
+
+
 def _build(cls: type, raw: Any, path: Path, prefix: str) -> Any:
     where = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):

@@ -2,7 +2,11 @@
 
 A CI runner has no GPU, so it cannot rerun the full profile, and comparing a small CI run against
 the committed full-profile metrics would be meaningless. Instead both sides run the same CPU smoke
-profile (`profiles/smoke.yaml`: sizes only) on the same eval examples:
+profile (`profiles/smoke.yaml`: sizes only) on the same eval examples.
+
+The base judges: `python -m stages.pr_check --base REV` only checks out REV and hands over to REV's
+own `stages.pr_check` (`--head-repo`), whose gate code, gate rules and smoke profile then judge this
+checkout. Nothing the pull request changes in them applies to its own check. The judge then runs:
 
 1. a git worktree of BASE, and one of HEAD with the working tree's uncommitted changes laid on top;
 2. in each, the smoke sizes override that side's own `params.yaml` (every other param is the side's
@@ -15,7 +19,8 @@ profile (`profiles/smoke.yaml`: sizes only) on the same eval examples:
 5. the committed full-profile metrics (`dvc metrics diff BASE HEAD`) are shown beside it, not gated.
 
 The Markdown report goes to stdout and `--report`; the exit status is the gate's (0 pass,
-1 regression, 2 could not compare, including a side whose pipeline failed).
+1 regression, 2 could not compare, including a side whose pipeline failed, a base whose rules or
+profile cannot be read, and a profile that sets more than sizes).
 """
 
 from __future__ import annotations
@@ -33,15 +38,41 @@ from typing import Any
 
 from stages import gate, seeds
 from stages.outputs import write_json
-from stages.params import GateParams, ParamsError, load_params, read_yaml, write_yaml
+from stages.params import GateParams, ParamsError, load_gate_rules, load_params, read_yaml, write_yaml
 
 DEFAULT_PROFILE = Path("profiles/smoke.yaml")
+# What a smoke profile may set: sizes, and the profile's name. Anything else would change the recipe
+# that both sides are judged on.
+SIZE_KEYS = {
+    "data": ("synthetic_train_size", "synthetic_test_size"),
+    "tokenize": ("max_length",),
+    "subset": ("train_size", "eval_size"),
+    "train": ("epochs", "max_steps"),
+    "evaluate": ("profile",),
+}
 DEFAULT_CONFIRM_SEEDS = 3
 RUN_FILES = (gate.METRICS_FILE, gate.PREDICTIONS_FILE, gate.INFO_FILE, gate.PARAMS_FILE)
 
 
 class SideFailed(Exception):
     """One side's smoke run did not finish; the message holds the end of its log."""
+
+
+def read_profile(path: Path) -> dict[str, dict[str, Any]]:
+    """The smoke profile at `path`; `ParamsError` unless it sets only the keys in `SIZE_KEYS`."""
+    if not path.is_file():
+        raise ParamsError(f"{path}: smoke profile not found")
+    profile = read_yaml(path.read_text(), path)
+    if not isinstance(profile, dict) or not all(isinstance(values, dict) for values in profile.values()):
+        raise ParamsError(f"{path}: expected sections of size keys, e.g. 'subset: {{train_size: 1000}}'")
+    allowed = ", ".join(f"{section}.{key}" for section, keys in SIZE_KEYS.items() for key in keys)
+    for section, values in profile.items():
+        for key in values:
+            if key not in SIZE_KEYS.get(section, ()):
+                raise ParamsError(
+                    f"{path}: '{section}.{key}' is not a size; a smoke profile may set only {allowed}"
+                )
+    return profile
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -170,36 +201,43 @@ def committed_metrics_diff(repo: Path, base: str) -> str:
     return table if len(table.splitlines()) > 2 else "No change in the committed metrics."
 
 
+def cannot_compare(reason: str) -> tuple[int, str]:
+    return gate.CANNOT_COMPARE, f"## Metric gate: FAIL: cannot compare\n\n**Could not compare:** {reason}\n"
+
+
 def run(
     repo: Path, base: str, profile_file: Path, work: Path, confirm_seeds: int = DEFAULT_CONFIRM_SEEDS
 ) -> tuple[int, str]:
-    """Run both smoke runs and the gate in `work`; return the exit status and the report.
+    """Judge `repo`'s HEAD and uncommitted changes against `base`; return the exit status and the report.
 
-    `confirm_seeds`: how many more training seeds of the base to run when the paired test finds a
-    regression (0: trust the paired test alone).
+    This is the judge: it runs from a checkout of `base`, and its own rules (`params.yaml`'s `gate:`),
+    profile (`profile_file`, relative to it) and gate code decide. `confirm_seeds`: how many more
+    training seeds of the base to run when the paired test finds a regression (0: trust it alone).
     """
-    repo = repo.resolve()
-    profile = read_yaml((repo / profile_file).read_text(), profile_file)
+    repo, judge = repo.resolve(), Path.cwd().resolve()
+    if not Path(gate.__file__).resolve().is_relative_to(judge):
+        return cannot_compare(f"the judge's code is {gate.__file__}, not the base's checkout {judge}")
     try:
-        gate_params = load_params(repo / "params.yaml").gate
-    except ParamsError as err:
-        return gate.CANNOT_COMPARE, f"## Metric gate: FAIL: cannot compare\n\n**Could not compare:** {err}\n"
+        commit = gate.resolve_commit(base, repo)
+        profile = read_profile(judge / profile_file)
+        gate_params = load_gate_rules((judge / "params.yaml").read_text(), f"{base}:params.yaml")
+    except (gate.CannotCompare, ParamsError, OSError) as err:
+        return cannot_compare(f"{err}; the check judges by the base's rules and profile only, never the head's")
+    judged_by = (
+        f"Judged by `{base}` ({commit[:10]}): its pull-request check, gate code, gate rules and smoke profile; "
+        "the head's own are not used."
+    )
     sides = {"base": work / "base", "head": work / "head"}
     timings = {}
     try:
-        git("rev-parse", "--verify", "--quiet", f"{base}^{{commit}}", cwd=repo)
-        git("worktree", "add", "--detach", "--quiet", str(sides["base"]), base, cwd=repo)
+        git("worktree", "add", "--detach", "--quiet", str(sides["base"]), commit, cwd=repo)
         head_worktree(repo, sides["head"])
-        # The base's gate rules judge the change, so a pull request cannot loosen its own gate.
-        try:
-            gate_params = load_params(sides["base"] / "params.yaml").gate
-        except ParamsError:
-            pass  # a base from before the gate existed: the head's rules apply
         for name, side in sides.items():
             share_cache(repo, side)
             timings[name] = smoke_run(side, profile, work / f"{name}.log")
         names = (f"{base} (smoke run)", "HEAD (smoke run)")
-        status, report = gate.run(gate_params, None, sides["base"], sides["head"], names=names)
+        rules_from = f"{base} ({commit[:10]}):params.yaml"
+        status, report = gate.run(gate_params, None, sides["base"], sides["head"], names=names, rules_from=rules_from)
         at_chance = base_at_chance(sides["base"])
         if status == gate.REGRESSION and confirm_seeds > 0 and not at_chance:
             started = time.perf_counter()
@@ -212,7 +250,7 @@ def run(
             report = report.replace("## Metric gate: PASS", "## Metric gate: FAIL: cannot compare", 1)
             report += f"\n**Could not compare:** {at_chance}\n"
     except SideFailed as err:
-        status, report = gate.CANNOT_COMPARE, f"## Metric gate: FAIL: cannot compare\n\n**Could not compare:** {err}\n"
+        status, report = cannot_compare(str(err))
     finally:
         for side in sides.values():
             if side.exists():
@@ -220,7 +258,7 @@ def run(
         subprocess.run(["git", "worktree", "prune"], cwd=repo, capture_output=True)
     sizes = ", ".join(f"`{s}.{k}={v}`" for s, values in profile.items() for k, v in values.items())
     report += (
-        f"\nSmoke profile ({profile_file}): {sizes}. "
+        f"\n{judged_by}\n\nSmoke profile ({profile_file} at {base}): {sizes}. "
         + (f"Runs took {timings['base']:.0f}s (base) and {timings['head']:.0f}s (head)" if "head" in timings else "")
         + (f", and {timings['seeds']:.0f}s for the base's extra seeds" if "seeds" in timings else "")
         + ("." if "head" in timings else "")
@@ -232,18 +270,59 @@ def run(
     return status, report
 
 
+def hand_over(base: str, judge_args: list[str], work: Path) -> int:
+    """Check out `base` and run its own `stages.pr_check` on this checkout: the base judges.
+
+    The one step of the check that runs this checkout's code: it only makes the base's worktree and
+    calls into it. Returns the judge's exit status.
+    """
+    repo = Path(".").resolve()
+    judge = work / "judge"
+    try:
+        git("worktree", "add", "--detach", "--quiet", str(judge), f"{base}^{{commit}}", cwd=repo)
+    except SideFailed as err:
+        return report_cannot_compare(f"base revision {base!r} cannot be checked out ({err})", judge_args)
+    try:
+        if not (judge / "stages" / "pr_check.py").is_file():
+            return report_cannot_compare(f"{base} has no stages/pr_check.py to judge with", judge_args)
+        # `python -m` in the base's checkout imports the base's `stages` first (`run` checks that it did).
+        command = [sys.executable, "-m", "stages.pr_check", "--head-repo", str(repo), "--work", str(work), *judge_args]
+        return subprocess.run(command, cwd=judge, env=dvc_env()).returncode
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(judge)], cwd=repo, capture_output=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=repo, capture_output=True)
+
+
+def report_cannot_compare(reason: str, judge_args: list[str]) -> int:
+    status, report = cannot_compare(reason)
+    print(report)
+    if "--report" in judge_args:
+        Path(judge_args[judge_args.index("--report") + 1]).write_text(report)
+    return status
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="git revision to compare against (e.g. origin/main)")
-    parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE, help="size overrides (YAML)")
+    parser.add_argument(
+        "--profile", type=Path, default=DEFAULT_PROFILE, help="size overrides (YAML), a path in the base's checkout"
+    )
     parser.add_argument(
         "--confirm-seeds", type=int, default=DEFAULT_CONFIRM_SEEDS, metavar="N",
         help=f"on a paired-test regression, rerun the base with N more training seeds (default {DEFAULT_CONFIRM_SEEDS}; 0: off)",
     )
     parser.add_argument("--report", type=Path, help="also write the Markdown report here")
+    parser.add_argument("--head-repo", type=Path, help=argparse.SUPPRESS)  # set by hand_over: this is the judge
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="pr-check-") as work:
-        status, report = run(Path("."), args.base, args.profile, Path(work), args.confirm_seeds)
+    if args.head_repo is None:
+        judge_args = ["--base", args.base, "--profile", str(args.profile), "--confirm-seeds", str(args.confirm_seeds)]
+        if args.report:
+            judge_args += ["--report", str(args.report.resolve())]
+        with tempfile.TemporaryDirectory(prefix="pr-check-") as work:
+            return hand_over(args.base, judge_args, Path(work))
+    with tempfile.TemporaryDirectory(prefix="pr-check-") as scratch:
+        status, report = run(args.head_repo, args.base, args.profile, args.work or Path(scratch), args.confirm_seeds)
     print(report)
     if args.report:
         args.report.write_text(report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from conftest import REPO_ROOT, run_cmd
 from stages import gate
@@ -93,6 +95,25 @@ def test_same_drop_with_few_changed_examples_is_significant(tmp_path: Path) -> N
     assert status == gate.REGRESSION, report
 
 
+def test_the_report_states_the_smallest_drop_the_test_catches(tmp_path: Path) -> None:
+    # Accuracy 0.6 on 1,000 examples each side, no predictions: binomial standard error of the
+    # difference sqrt(2 * 0.6 * 0.4 / 1000) = 0.0219; caught 80% of the time from (1.96 + 0.84) * 0.0219.
+    base = write_run(tmp_path / "base", base_correct(), with_predictions=False)
+    cand = write_run(tmp_path / "cand", base_correct(), with_predictions=False)
+    status, report = gate.run(GATE, None, base, cand)
+    assert status == gate.PASS
+    row = next(line for line in report.splitlines() if line.startswith("| accuracy |"))
+    assert row.endswith("| pass | 0.0614 |"), row
+    assert "| drop caught 80% of the time |" in report
+    # With the seed spread as the noise, Student's t over n - 1 degrees of freedom.
+    noise = tmp_path / "seeds.json"
+    noise.write_text(json.dumps({"metrics": {"accuracy": {"mean": 0.6, "std": 0.02, "n": 4}}}))
+    _, report = gate.run(GATE, None, base, cand, seed_noise_file=noise)
+    row = next(line for line in report.splitlines() if line.startswith("| accuracy |"))
+    expected = (stats.t.ppf(0.975, 3) + stats.t.ppf(0.8, 3)) * 0.02 * np.sqrt(2)
+    assert row.endswith(f"| {expected:.4f} |"), (row, expected)
+
+
 def test_improvement_passes(tmp_path: Path) -> None:
     status, report = judge(tmp_path, flipped(base_correct(), to_wrong=0, to_right=80))
     assert status == gate.PASS
@@ -172,14 +193,32 @@ def test_base_from_a_git_revision_and_the_cli_exit_codes(tmp_path: Path) -> None
     run_cmd(["git", "init", "-q", "-b", "main"], repo)
     run_cmd(["git", "add", "-A"], repo)
     run_cmd(["git", "commit", "-qm", "baseline"], repo)
-    write_run(repo, flipped(base_correct(), to_wrong=150, to_right=0))
+    # The candidate loses 0.15 accuracy and loosens its own tolerances to let that through.
+    loosened = (REPO_ROOT / "params.yaml").read_text().replace("tolerance: 0.01}", "tolerance: 1.0}")
+    loosened = loosened.replace("tolerance: 0.02}", "tolerance: 1.0}").replace("tolerance: 0.05}", "tolerance: 1.0}")
+    write_run(repo, flipped(base_correct(), to_wrong=150, to_right=0), params=loosened)
 
-    command = [sys.executable, "-m", "stages.gate", "--base", "main", "--params", str(REPO_ROOT / "params.yaml")]
+    command = [sys.executable, "-m", "stages.gate", "--base", "main"]
     result = subprocess.run([*command, "--report", str(tmp_path / "r.md")], cwd=repo, capture_output=True, text=True)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 1, result.stderr  # main's rules judge, not the workspace's
     assert "Base: `main (" in result.stdout and "| accuracy | 0.6000 | 0.4500 |" in result.stdout
+    assert re.search(r"Gate rules from `main \(\w{10}\):params.yaml`", result.stdout), result.stdout
     assert (tmp_path / "r.md").read_text().strip() == result.stdout.strip()
 
-    result = subprocess.run([*command[:4], "no-such-rev", *command[5:]], cwd=repo, capture_output=True, text=True)
+    # Other rules only when asked for by name.
+    asked = subprocess.run([*command, "--rules", "params.yaml"], cwd=repo, capture_output=True, text=True)
+    assert asked.returncode == 0, asked.stdout
+    assert "Gate rules from `params.yaml`" in asked.stdout
+
+    # A base whose rules cannot be read cannot be compared: the candidate's are never the fallback.
+    (repo / "params.yaml").write_text("gate: {confidence: 2.0}\n")
+    run_cmd(["git", "commit", "-qam", "broken rules"], repo)
+    write_run(repo, flipped(base_correct(), to_wrong=150, to_right=0), params=loosened)
+    broken = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+    assert broken.returncode == 2
+    assert "error: the base's gate rules cannot be read (main (" in broken.stderr, broken.stderr
+    assert "the candidate's rules are never used instead" in broken.stderr
+
+    result = subprocess.run([*command[:4], "no-such-rev"], cwd=repo, capture_output=True, text=True)
     assert result.returncode == 2
-    assert "base revision 'no-such-rev' is not a commit in this repository" in result.stdout
+    assert "base revision 'no-such-rev' is not a commit in this repository" in result.stderr

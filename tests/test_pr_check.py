@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, run_cmd, set_params, stage_env
-from stages.params import write_yaml
+from conftest import REPO_ROOT, merged, new_project, run_cmd, set_params, stage_env, tiny_overrides
+from stages.params import read_yaml, write_yaml
 
 # Enough for the tiny BERT to learn well above chance in seconds, and to do so steadily over
 # training seeds (accuracy 0.59, 0.59, 0.58, 0.58 for seeds 42..45; 1,500 examples for 3 epochs
@@ -18,12 +19,14 @@ from stages.params import write_yaml
 # drawn at random and AdamW is the unfused one, as when these were measured: grouped by length (the
 # default since), this tiny profile spreads wider over seeds (0.60, 0.57, 0.60, 0.59 for 42..45, and
 # 0.52 for seed 7).
+# A profile sets sizes only, so the rest is the fixture's params.yaml (RECIPE).
 TEST_PROFILE = {
     "data": {"synthetic_train_size": 3000, "synthetic_test_size": 300},
     "subset": {"train_size": 3000, "eval_size": 300},
-    "train": {"epochs": 5, "batch_size": 32, "group_by_length": False, "optimizer": "adamw_torch"},
+    "train": {"epochs": 5},
     "evaluate": {"profile": "smoke"},
 }
+RECIPE = {"train": {"learning_rate": 0.003, "batch_size": 32, "group_by_length": False, "optimizer": "adamw_torch"}}
 
 
 def pr_check(repo: Path, base: str) -> subprocess.CompletedProcess:
@@ -45,20 +48,25 @@ def check_branch(repo: Path, branch: str, change: Callable[[], object]) -> tuple
 @pytest.mark.slow
 def test_pr_check_fails_a_real_regression_and_passes_a_comment_change(project: Path) -> None:
     write_yaml(project / "profiles" / "smoke.yaml", TEST_PROFILE)
-    set_params(project, {"train": {"learning_rate": 0.003}})
+    set_params(project, RECIPE)
     run_cmd(["git", "add", "-A"], project)
     run_cmd(["git", "commit", "-qm", "baseline"], project)
 
-    # A change that really hurts: no learning at all.
-    hurt, report = check_branch(project, "no-learning", lambda: set_params(project, {"train": {"learning_rate": 0.0}}))
+    # A change that really hurts, no learning at all, from a branch that also tries to judge itself:
+    # its profile puts the learning rate back, its rules tolerate any drop, its gate and pull-request
+    # check pass everything. Any one of these, if it applied, would turn the verdict into a pass.
+    hurt, report = check_branch(project, "no-learning-judging-itself", lambda: judge_itself(project))
     assert hurt.returncode != 0, hurt.stdout + hurt.stderr
     assert "## Metric gate: FAIL: regression" in report, report
+    assert re.search(r"Judged by `main` \(\w{10}\): its pull-request check, gate code, gate rules", report), report
+    assert re.search(r"Gate rules from `main \(\w{10}\):params.yaml`", report), report
+    assert "| `gate.metrics.accuracy.tolerance` | 0.01 | 1.0 |" in report
     assert "| `train.learning_rate` | 0.003 | 0.0 |" in report
     assert "**regression**" in report and "McNemar p=" in report
     # The paired test's verdict held against the spread of the base over training seeds 42..45.
     assert "seed spread (n=4)" in report and "training seeds 42, 43, 44, 45" in report
     assert "for the base's extra seeds" in report
-    assert "Smoke profile (profiles/smoke.yaml)" in report
+    assert "Smoke profile (profiles/smoke.yaml at main)" in report
 
     # A change of the training seed only: noise, not a regression.
     reseeded, report = check_branch(project, "other-seed", lambda: set_params(project, {"train": {"seed": 7}}))
@@ -78,6 +86,67 @@ def test_pr_check_fails_a_real_regression_and_passes_a_comment_change(project: P
     assert run_cmd(["git", "worktree", "list"], project).stdout.count("\n") == 1
 
 
+def judge_itself(repo: Path) -> None:
+    """The head's changes: learning rate 0, and every way it could judge itself."""
+    set_params(repo, {"train": {"learning_rate": 0.0}})
+    params = read_yaml((repo / "params.yaml").read_text(), "params.yaml")
+    for rule in params["gate"]["metrics"].values():
+        rule["tolerance"] = 1.0
+    write_yaml(repo / "params.yaml", params)
+    write_yaml(repo / "profiles" / "smoke.yaml", merged(TEST_PROFILE, {"train": {"learning_rate": 0.003}}))
+    always_pass = 'status = REGRESSION if any(r.verdict == "regression" for r in results) else PASS'
+    edit(repo / "stages" / "gate.py", always_pass, "status = PASS")
+    size_keys = '"train": ("epochs", "max_steps"),'
+    edit(repo / "stages" / "pr_check.py", size_keys, '"train": ("epochs", "max_steps", "learning_rate"),')
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new))
+
+
+def committed_project(repo: Path, tiny_model_dir: Path) -> Path:
+    new_project(repo, tiny_overrides(tiny_model_dir))
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "commit", "-qm", "baseline"], repo)
+    return repo
+
+
+def test_a_base_whose_rules_or_profile_cannot_judge_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    repo = committed_project(tmp_path / "project", tiny_model_dir)
+    # A profile that changes the recipe, at the base: refused before any training, whatever the head says.
+    write_yaml(repo / "profiles" / "smoke.yaml", merged(TEST_PROFILE, {"train": {"learning_rate": 0.1}}))
+    run_cmd(["git", "commit", "-qam", "profile sets a learning rate"], repo)
+    run_cmd(["git", "checkout", "-q", "-b", "head"], repo)
+    write_yaml(repo / "profiles" / "smoke.yaml", TEST_PROFILE)
+    run_cmd(["git", "commit", "-qam", "a good profile"], repo)
+    result = pr_check(repo, "main")
+    report = (repo / "pr-check-report.md").read_text()
+    assert result.returncode != 0 and "## Metric gate: FAIL: cannot compare" in report, report
+    assert "profiles/smoke.yaml: 'train.learning_rate' is not a size; a smoke profile may set only " in report
+    assert "the check judges by the base's rules and profile only, never the head's" in report
+
+    # Rules the base cannot read (here: a confidence above 1): refused, never the head's instead.
+    run_cmd(["git", "checkout", "-q", "main"], repo)
+    write_yaml(repo / "profiles" / "smoke.yaml", TEST_PROFILE)
+    set_params(repo, {"gate": {"confidence": 2.0}})
+    run_cmd(["git", "commit", "-qam", "rules out of range"], repo)
+    run_cmd(["git", "checkout", "-q", "head"], repo)
+    result = pr_check(repo, "main")
+    report = (repo / "pr-check-report.md").read_text()
+    assert result.returncode != 0 and "## Metric gate: FAIL: cannot compare" in report, report
+    assert "main:params.yaml: gate.confidence = 2.0 is out of range; expected a number > 0.5 and < 1" in report
+    assert run_cmd(["git", "worktree", "list"], repo).stdout.count("\n") == 1
+
+
+def test_the_profile_sets_sizes_only() -> None:
+    from stages.pr_check import SIZE_KEYS, read_profile
+
+    profile = read_profile(REPO_ROOT / "profiles" / "smoke.yaml")
+    assert all(key in SIZE_KEYS[section] for section, values in profile.items() for key in values)
+
+
 def test_workflows_match_the_github_schema() -> None:
     workflows = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
     assert [w.name for w in workflows] == ["full-profile.yml", "pr-check.yml"]
@@ -88,7 +157,29 @@ def test_workflows_match_the_github_schema() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validation done" in result.stdout
-    assert "make pr-check BASE=origin/${{ github.base_ref }}" in (REPO_ROOT / ".github/workflows/pr-check.yml").read_text()
+    assert 'make pr-check BASE="origin/$BASE_REF"' in (REPO_ROOT / ".github/workflows/pr-check.yml").read_text()
+
+
+def test_workflows_follow_the_github_security_guides() -> None:
+    for path in sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml")):
+        text = path.read_text()
+        workflow = read_yaml(text, path)
+        assert "permissions" in workflow, path
+        for name, job in workflow["jobs"].items():
+            assert "permissions" in job or workflow["permissions"] in ({}, {"contents": "read"}), (path, name)
+            for step in job["steps"]:
+                if "uses" in step:  # pinned to a full commit, the tag in a comment on the same line
+                    assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), (path, step["uses"])
+                    assert re.search(re.escape(step["uses"]) + r" +# v\d+\.\d+\.\d+$", text, re.MULTILINE), step["uses"]
+                if step.get("uses", "").startswith("actions/checkout@"):
+                    assert step["with"]["persist-credentials"] is False, path
+                # No expression is expanded inside a script: inputs and secrets come in through `env:`.
+                assert "${{" not in step.get("run", ""), (path, step.get("name"))
+        assert not re.search(r"^\s+run:.*secrets\.", text, re.MULTILINE)
+    pr_check_yml = read_yaml((REPO_ROOT / ".github/workflows/pr-check.yml").read_text(), "pr-check.yml")
+    assert pr_check_yml["jobs"]["gate"]["permissions"] == {"contents": "read"}  # it runs the pull request's code
+    assert pr_check_yml["jobs"]["comment"]["permissions"] == {"pull-requests": "write"}
+    assert all("run" not in step for step in pr_check_yml["jobs"]["comment"]["steps"])
 
 
 def test_a_base_smoke_run_at_chance_is_refused(tmp_path: Path) -> None:
