@@ -214,6 +214,8 @@ def _workspace_live_summary(project: Path, retry: bool = False) -> dict | None:
         return None
     shown = result.stdout
     workspace = next(row for row in json.loads(shown) if row["rev"] == "workspace")
+    if workspace.get("data") is None and retry:  # DVC rewriting the workspace's files that moment
+        return None
     summary = workspace["data"]["metrics"].get("dvclive/metrics.json", {})
     return summary.get("data")
 
