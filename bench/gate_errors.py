@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy import stats
 
 from bench.run import REPO_ROOT, RESULTS_DIR, make_repo, measure, run_stage, stage_args
 from stages import gate, pr_check, seeds
@@ -49,6 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "flip-30": {"flip": 0.30},
     "lr-div-5": {"lr_divisor": 5},
 }
+PAIRED_EXTRA = (1, 2, 3)  # extra seeds per side tried for the candidate confirmation
 NULL_CHANGES = ("another seed", "eval-batch-16")  # changes that cost nothing: any failure is a false alarm
 RUNS_FILE = RESULTS_DIR / "gate-runs.json"
 EXTRA_SEEDS = pr_check.DEFAULT_CONFIRM_SEEDS
@@ -148,6 +150,25 @@ def check_fails(rules, base: Path, head: Path, paired: int, spread_runs: list[di
     return status != gate.PASS
 
 
+def paired_seeds_fails(rules, base: list[dict[str, Any]], head: list[dict[str, Any]]) -> bool:
+    """The candidate confirmation step: the same extra seeds on both sides, a sequential test of the
+    mean paired (same-seed) difference of each metric, after each added pair.
+
+    `base[i]` and `head[i]` are the metrics of pair i (pair 0: the check's own runs). Each look uses
+    Bonferroni's share of the error rate, so that looking after every pair keeps the false alarms.
+    """
+    looks = len(base) - 1
+    confidence = 1 - (1 - rules.confidence) / looks
+    for n in range(2, len(base) + 1):
+        for name, rule in rules.metrics.items():
+            d = np.array([h[name] - b[name] for b, h in zip(base[:n], head[:n], strict=True)])
+            worse = -d.mean() if rule.direction == "higher" else d.mean()
+            half = stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)
+            if worse > rule.tolerance and worse - half > 0:
+                return True  # stop early: a regression beyond the tolerance and the noise
+    return False
+
+
 def simulate(stored: dict[str, Any], draws: int, rng: np.random.Generator) -> list[dict[str, Any]]:
     rules = load_params(REPO_ROOT / "params.yaml").gate  # the gate rules the check judges by
     base_runs = stored["runs"]["base"]
@@ -159,6 +180,7 @@ def simulate(stored: dict[str, Any], draws: int, rng: np.random.Generator) -> li
         changes = {"another seed": None, **{name: stored["runs"][name] for name in stored["runs"] if name != "base"}}
         for name, runs in changes.items():
             fails, paired_fails, trials = [], [], 0
+            by_pairs = {k: [] for k in PAIRED_EXTRA}  # the candidate confirmation, k more seeds each side
             for s in base_seeds:
                 others = [o for o in base_seeds if o != s]
                 if runs is None:
@@ -178,20 +200,50 @@ def simulate(stored: dict[str, Any], draws: int, rng: np.random.Generator) -> li
                         outcomes.append(check_fails(rules, folders[s], head, paired, spread_runs, work))
                     fails.append(float(np.mean(outcomes)))
                     trials += 1
+                    # The candidate: on a paired regression, k more seeds on both sides, paired by seed.
+                    head_pool = pool if runs is None else [o for o in pool if o in runs]
+                    for k in PAIRED_EXTRA:
+                        if paired != gate.REGRESSION:
+                            by_pairs[k].append(float(paired != gate.PASS))
+                            continue
+                        if len(head_pool) < k or (runs is None and len(head_pool) < 2 * k):
+                            continue
+                        outcomes = []
+                        for _ in range(draws):
+                            if runs is None:  # another seed: the head's extra seeds are other base runs
+                                picked = list(rng.choice(head_pool, size=2 * k, replace=False))
+                                base_extra, head_extra = picked[:k], [base_runs[o] for o in picked[k:]]
+                                head_first = base_runs[head_seed]
+                            else:
+                                base_extra = list(rng.choice(head_pool, size=k, replace=False))
+                                head_extra, head_first = [runs[o] for o in base_extra], runs[s]
+                            base_metrics = [base_runs[o]["metrics"] for o in [s, *base_extra]]
+                            head_metrics = [run["metrics"] for run in [head_first, *head_extra]]
+                            outcomes.append(paired_seeds_fails(rules, base_metrics, head_metrics))
+                        by_pairs[k].append(float(np.mean(outcomes)))
             # The true drop over the seeds both have: same seed, same data order, only the change differs.
             common = [seed for seed in base_seeds if runs is None or seed in runs]
             drops = [base_runs[seed]["metrics"]["accuracy"] - runs[seed]["metrics"]["accuracy"] for seed in common
                      if runs is not None]
+            loss_rises = [runs[seed]["metrics"]["eval_loss"] - base_runs[seed]["metrics"]["eval_loss"]
+                          for seed in common if runs is not None]
             rows.append({
                 "change": name,
+                "true_loss_rise": round(float(np.mean(loss_rises)), 4) if loss_rises else 0.0,
                 "seeds": len(common),
                 "true_drop": round(float(np.mean(drops)), 4) if drops else 0.0,
                 "true_drop_sd": round(float(np.std(drops, ddof=1)), 4) if len(drops) > 1 else None,
                 "fail_rate": round(float(np.mean(fails)), 3) if fails else None,
                 "paired_fail_rate": round(float(np.mean(paired_fails)), 3) if paired_fails else None,
+                **{f"paired_seeds_{k}_fail_rate": round(float(np.mean(v)), 3) if v else None
+                   for k, v in by_pairs.items()},
                 "trials": trials,
             })
     return rows
+
+
+def _rate(value: float | None) -> str:
+    return f"{value:.0%}" if value is not None else "n/a"
 
 
 def markdown(stored: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -201,17 +253,19 @@ def markdown(stored: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         f"### Pull-request check: error rates (smoke profile, {stored['eval']['info'].get('n_eval')} eval examples)",
         "",
-        "| change | true accuracy drop (mean ± sd over seeds) | seeds | trials | paired test alone fails | "
-        "check fails | that is |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| change | true accuracy drop (mean ± sd over seeds) | true eval-loss rise | seeds | trials | "
+        "paired test alone fails | check fails (today) | "
+        + " | ".join(f"paired seeds, {k} more each side" for k in PAIRED_EXTRA) + " | that is |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | " + "---: | " * len(PAIRED_EXTRA) + "--- |",
     ]
     for row in rows:
         kind = "false-alarm rate" if row["change"] in NULL_CHANGES else "detection rate"
-        rate = f"{row['fail_rate']:.0%}" if row["fail_rate"] is not None else "n/a"
-        paired = f"{row['paired_fail_rate']:.0%}" if row["paired_fail_rate"] is not None else "n/a"
         sd = f" ± {row['true_drop_sd']:.3f}" if row.get("true_drop_sd") is not None else ""
-        lines.append(f"| {row['change']} | {row['true_drop']:+.3f}{sd} | {row['seeds']} | {row['trials']} | {paired} | "
-                     f"{rate} | {kind} |")
+        candidates = " | ".join(_rate(row.get(f"paired_seeds_{k}_fail_rate")) for k in PAIRED_EXTRA)
+        lines.append(
+            f"| {row['change']} | {row['true_drop']:+.3f}{sd} | {row['true_loss_rise']:+.3f} | {row['seeds']} | "
+            f"{row['trials']} | {_rate(row['paired_fail_rate'])} | {_rate(row['fail_rate'])} | {candidates} | {kind} |"
+        )
     lines += [
         "",
         f"One smoke run's train + evaluate took {train_eval:.0f} s on average, the data stages {data_s:.0f} s "
