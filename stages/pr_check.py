@@ -202,7 +202,7 @@ def committed_metrics_diff(repo: Path, base: str) -> str:
 
 
 def cannot_compare(reason: str) -> tuple[int, str]:
-    return gate.CANNOT_COMPARE, f"## Metric gate: FAIL: cannot compare\n\n**Could not compare:** {reason}\n"
+    return gate.CANNOT_COMPARE, gate.render_report(None, None, [], gate.CANNOT_COMPARE, reason)
 
 
 def run(
