@@ -116,11 +116,9 @@ def base_rules(
 
     Raises `CannotCompare` when they cannot be read: the candidate's rules are never the fallback.
     """
-    if rules_file is not None:
-        source, text = str(rules_file), rules_file.read_text() if rules_file.is_file() else None
-    elif base_run is not None:
-        source = str(base_run / PARAMS_FILE)
-        text = (base_run / PARAMS_FILE).read_text() if (base_run / PARAMS_FILE).is_file() else None
+    if rules_file is not None or base_run is not None:
+        path = rules_file if rules_file is not None else base_run / PARAMS_FILE
+        source, text = str(path), path.read_text() if path.is_file() else None
     else:
         revision = base_revision or "HEAD"
         source = f"{revision} ({resolve_commit(revision)[:10]}):{PARAMS_FILE}"
@@ -251,7 +249,8 @@ def _judge(
     # (or t) error of this size happens with probability POWER once d >= (q_conf + q_power) * se.
     detectable = None
     if se is not None:
-        detectable = max(rule.tolerance, float((quantiles.ppf(0.5 + gate.confidence / 2) + quantiles.ppf(POWER)) * se))
+        q_conf = quantiles.ppf(0.5 + gate.confidence / 2)  # z, or the seed spread's t
+        detectable = max(rule.tolerance, float((q_conf + quantiles.ppf(POWER)) * se))
 
     worse = (b - c) if rule.direction == "higher" else (c - b)
     if worse <= rule.tolerance + 1e-12:
