@@ -1,7 +1,9 @@
-"""Error rates of the pull-request check: how often it fails changes of known effect.
+"""Error rates of the pull-request check: how often it fails changes of known effect, and its cost.
 
     python -m bench.gate_errors --seeds 20                  # train the runs, then simulate the check
     python -m bench.gate_errors --simulate-only             # the decision again on the stored runs
+    python -m bench.gate_errors --simulate-only --rules bench/rules/accuracy-only.yaml
+    python -m bench.gate_errors --profile bench/profiles/smoke-2-epochs.yaml --seeds 6 --variants base,flip-20
 
 Collect (real runs, stored in `bench/results/gate-runs.json` as each finishes, so an interrupted
 collection resumes): one repository at the smoke profile (`profiles/smoke.yaml` over `params.yaml`,
@@ -12,12 +14,16 @@ training seed, the train and evaluate stages' own commands. Variants (`VARIANTS`
 - `flip-N`: N% of the train subset's labels moved to another label (seeded), a data bug;
 - `lr-div-N`: `train.learning_rate` divided by N.
 
-Simulate: for each variant and seed s, the check's decision as `stages.pr_check` makes it, with the
-project's own gate (`stages.gate`) and seed spread (`stages.seeds`): the paired gate between base(s)
-and variant(s); on a regression, the gate again against the spread of base(s) and three other base
-seeds (every run stands in for the check's seeds s+1..s+3; `--draws` random choices per seed, the
-rate averaged). The null change "another seed" is base(s) against base(s'), s' != s. Each variant's
-true drop is its mean accuracy over seeds minus the base's.
+Simulate, for each variant and seed s, the check's decision as `stages.pr_check` makes it, with its
+own functions (`gate.judge` on the single pair, `pr_check.needs_seeds`, `pr_check.over_seeds`): the
+single pair base(s) / variant(s); where it needs the seeds, further pairs base(o) / variant(o) of
+other stored seeds o, in random order (`--draws` orders per trial, the rate averaged), for each cap
+on the extra pairs in `MAX_EXTRA`. The null change "another seed" is base(s) against base(s'), its
+pairs other base runs. Beside it, the check as it was before the pairs (the base's spread over s and
+three other seeds). Each variant's true drop is its mean accuracy over seeds minus the base's.
+
+`--profile` runs another candidate smoke profile (sizes only) into its own runs file and reports what
+catching each change costs there: profiles compare by power per CPU minute (`minutes_to_catch`).
 """
 
 from __future__ import annotations
@@ -41,19 +47,22 @@ from scipy import stats
 from bench.run import REPO_ROOT, RESULTS_DIR, make_repo, measure, run_stage, stage_args
 from stages import gate, pr_check, seeds
 from stages.outputs import write_json
-from stages.params import load_params, read_yaml, write_yaml
+from stages.params import GateParams, load_gate_rules, read_yaml, write_yaml
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "eval-batch-16": {"params": {"evaluate": {"batch_size": 16}}},
     "flip-10": {"flip": 0.10},
+    "flip-20": {"flip": 0.20},
     "flip-30": {"flip": 0.30},
+    "lr-div-1.25": {"lr_divisor": 1.25},
+    "lr-div-2": {"lr_divisor": 2},
     "lr-div-5": {"lr_divisor": 5},
 }
-PAIRED_EXTRA = (1, 2, 3)  # extra seeds per side tried for the candidate confirmation
+MAX_EXTRA = (4, 6, 8)  # caps on the check's extra seed pairs (`--confirm-seeds`) measured side by side
 NULL_CHANGES = ("another seed", "eval-batch-16")  # changes that cost nothing: any failure is a false alarm
 RUNS_FILE = RESULTS_DIR / "gate-runs.json"
-EXTRA_SEEDS = pr_check.DEFAULT_CONFIRM_SEEDS
+SPREAD_SEEDS = 3  # the check before the seed pairs judged by the base over its seed and 3 more
 
 
 def flip_labels(parquet: Path, share: float, num_labels: int, seed: int = 0) -> None:
@@ -67,11 +76,11 @@ def flip_labels(parquet: Path, share: float, num_labels: int, seed: int = 0) -> 
     pq.write_table(table.set_column(index, "label", pa.array(labels, table.schema.field("label").type)), parquet)
 
 
-def smoke_repo(workdir: Path) -> tuple[Path, dict[str, Any], dict[str, float]]:
-    """A repository at the smoke profile with its data stages run: (repo, its params, stage walls)."""
+def smoke_repo(workdir: Path, profile_file: Path) -> tuple[Path, dict[str, Any], dict[str, float]]:
+    """A repository at the profile with its data stages run: (repo, its params, stage walls)."""
     repo = workdir / "repo"
     make_repo(repo, [], cache_type=None)
-    pr_check.apply_profile(repo / "params.yaml", pr_check.read_profile(REPO_ROOT / pr_check.DEFAULT_PROFILE))
+    pr_check.apply_profile(repo / "params.yaml", pr_check.read_profile(profile_file))
     walls = {stage: run_stage(repo, stage, workdir / "logs").wall_s for stage in ("prepare", "tokenize", "subset")}
     shutil.copytree(repo / "data" / "subset", workdir / "subset-clean", dirs_exist_ok=True)
     return repo, read_yaml((repo / "params.yaml").read_text(), "params.yaml"), walls
@@ -106,12 +115,16 @@ def train_variant(repo: Path, workdir: Path, base_params: dict[str, Any], name: 
     }
 
 
-def collect(variants: list[str], seed_list: list[int], workdir: Path, stored: dict[str, Any]) -> dict[str, Any]:
-    """Train every (variant, seed) not yet in `stored`, seed by seed; store each as it finishes."""
+def collect(
+    variants: list[str], seed_list: list[int], workdir: Path, stored: dict[str, Any], profile_file: Path,
+    runs_file: Path,
+) -> dict[str, Any]:
+    """Train every (variant, seed) not yet in `stored`, seed by seed; store each in `runs_file` as it finishes."""
     todo = [(seed, name) for seed in seed_list for name in variants if str(seed) not in stored["runs"].get(name, {})]
     if not todo:
         return stored
-    repo, base_params, walls = smoke_repo(workdir)
+    repo, base_params, walls = smoke_repo(workdir, profile_file)
+    stored.setdefault("profile", pr_check.read_profile(profile_file))
     stored.setdefault("data_stages_s", walls)
     stored.setdefault("params", base_params)
     # Seed-major order: every variant gets its first seeds before any gets its last, so a collection
@@ -121,7 +134,7 @@ def collect(variants: list[str], seed_list: list[int], workdir: Path, stored: di
         stored.setdefault("eval", run.pop("eval"))
         run.pop("eval", None)
         stored["runs"].setdefault(name, {})[str(seed)] = run
-        write_json(RUNS_FILE, stored)
+        write_json(runs_file, stored)
         print(f"bench: {name} seed {seed}: accuracy {run['metrics']['accuracy']:.3f} "
               f"({sum(run['wall_s'].values()):.0f} s)", flush=True)
     return stored
@@ -138,39 +151,37 @@ def write_run(stored: dict[str, Any], run: dict[str, Any], folder: Path) -> Path
     return folder
 
 
-def check_fails(rules, base: Path, head: Path, paired: int, spread_runs: list[dict[str, Any]], work: Path) -> bool:
-    """The pull-request check's decision (`stages.pr_check.run`) after the paired gate gave `paired`."""
-    status, at_chance = paired, pr_check.base_at_chance(base)
+def spread_check_fails(rules, single: int, base: Path, head: Path, spread_runs: list[dict[str, Any]],
+                       work: Path) -> bool:
+    """The check before the paired seeds, for comparison: on a single pair's regression (`single`),
+    the gate again against the spread of the base over `spread_runs` (its own seed and three more)."""
+    status, at_chance = single, pr_check.base_at_chance(base)
     if status == gate.REGRESSION and not at_chance:
         noise_file = work / "noise.json"
         write_json(noise_file, seeds.spread(dict(enumerate(run["metrics"] for run in spread_runs))))
         status, _ = gate.run(rules, None, base, head, seed_noise_file=noise_file)
-    if at_chance and status == gate.PASS:
-        status = gate.CANNOT_COMPARE
-    return status != gate.PASS
+    return status != gate.PASS or bool(at_chance)
 
 
-def paired_seeds_fails(rules, base: list[dict[str, Any]], head: list[dict[str, Any]]) -> bool:
-    """The candidate confirmation step: the same extra seeds on both sides, a sequential test of the
-    mean paired (same-seed) difference of each metric, after each added pair.
+def check(rules, single: tuple[int, list], at_chance: str | None, pairs: list[tuple[dict, dict]],
+          max_extra: int) -> tuple[bool, int]:
+    """The pull-request check's decision, as `stages.pr_check.run` makes it: (fails, runs it trained).
 
-    `base[i]` and `head[i]` are the metrics of pair i (pair 0: the check's own runs). Each look uses
-    Bonferroni's share of the error rate, so that looking after every pair keeps the false alarms.
+    `single`: the gate's (status, results) on the single pair, `pairs[0]`'s runs; where it needs the
+    seeds, `pairs[1:]` stand in for the runs the check would make, in order.
     """
-    looks = len(base) - 1
-    confidence = 1 - (1 - rules.confidence) / looks
-    for n in range(2, len(base) + 1):
-        for name, rule in rules.metrics.items():
-            d = np.array([h[name] - b[name] for b, h in zip(base[:n], head[:n], strict=True)])
-            worse = -d.mean() if rule.direction == "higher" else d.mean()
-            half = stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)
-            if worse > rule.tolerance and worse - half > 0:
-                return True  # stop early: a regression beyond the tolerance and the noise
-    return False
+    status, results = single
+    if not (pr_check.needs_seeds(status, results) and max_extra > 0 and not at_chance):
+        return status != gate.PASS or bool(at_chance), 2
+    status, _, ran = pr_check.over_seeds(rules, pairs[0], lambda offset: pairs[offset], max_extra)
+    return status != gate.PASS, 2 * len(ran)
 
 
-def simulate(stored: dict[str, Any], draws: int, rng: np.random.Generator) -> list[dict[str, Any]]:
-    rules = load_params(REPO_ROOT / "params.yaml").gate  # the gate rules the check judges by
+def simulate(
+    stored: dict[str, Any], draws: int, rng: np.random.Generator, rules: GateParams, caps: tuple[int, ...] = MAX_EXTRA
+) -> list[dict[str, Any]]:
+    """Per change, how often the check judging by `rules` fails it, and at what cost, with at most
+    each of `caps` extra seed pairs (see the module's doc)."""
     base_runs = stored["runs"]["base"]
     base_seeds = sorted(base_runs, key=int)
     rows = []
@@ -179,8 +190,8 @@ def simulate(stored: dict[str, Any], draws: int, rng: np.random.Generator) -> li
         folders = {s: write_run(stored, base_runs[s], work / f"base-{s}") for s in base_seeds}
         changes = {"another seed": None, **{name: stored["runs"][name] for name in stored["runs"] if name != "base"}}
         for name, runs in changes.items():
-            fails, paired_fails, trials = [], [], 0
-            by_pairs = {k: [] for k in PAIRED_EXTRA}  # the candidate confirmation, k more seeds each side
+            before, trials = [], 0
+            now = {k: [] for k in caps}  # per cap on the extra pairs: (fails, runs) of each trial
             for s in base_seeds:
                 others = [o for o in base_seeds if o != s]
                 if runs is None:
@@ -190,37 +201,34 @@ def simulate(stored: dict[str, Any], draws: int, rng: np.random.Generator) -> li
                 else:
                     continue
                 for head, head_seed in heads:
-                    pool = [o for o in others if o != head_seed]
-                    paired, _ = gate.run(rules, None, folders[s], head)
-                    paired_fails.append(paired != gate.PASS)
-                    outcomes = []  # one per choice of the extra base seeds; only a regression needs them
-                    for _ in range(draws if paired == gate.REGRESSION else 1):
-                        extra = list(rng.choice(pool, size=EXTRA_SEEDS, replace=False))
-                        spread_runs = [base_runs[o] for o in [s, *extra]]
-                        outcomes.append(check_fails(rules, folders[s], head, paired, spread_runs, work))
-                    fails.append(float(np.mean(outcomes)))
                     trials += 1
-                    # The candidate: on a paired regression, k more seeds on both sides, paired by seed.
-                    head_pool = pool if runs is None else [o for o in pool if o in runs]
-                    for k in PAIRED_EXTRA:
-                        if paired != gate.REGRESSION:
-                            by_pairs[k].append(float(paired != gate.PASS))
-                            continue
-                        if len(head_pool) < k or (runs is None and len(head_pool) < 2 * k):
-                            continue
+                    pool = [o for o in others if o != head_seed]
+                    status, results, _ = gate.judge(rules, None, folders[s], head)
+                    at_chance = pr_check.base_at_chance(folders[s])
+                    first = (base_runs[s]["metrics"], (base_runs[head_seed] if runs is None else runs[s])["metrics"])
+                    spread = [list(rng.choice(pool, size=SPREAD_SEEDS, replace=False)) for _ in range(draws)]
+                    before.append(np.mean([
+                        spread_check_fails(rules, status, folders[s], head, [base_runs[o] for o in [s, *x]], work)
+                        for x in spread
+                    ]))
+                    for k in caps:
                         outcomes = []
                         for _ in range(draws):
                             if runs is None:  # another seed: the head's extra seeds are other base runs
-                                picked = list(rng.choice(head_pool, size=2 * k, replace=False))
-                                base_extra, head_extra = picked[:k], [base_runs[o] for o in picked[k:]]
-                                head_first = base_runs[head_seed]
+                                if len(pool) < 2 * k:
+                                    break
+                                picked = list(rng.choice(pool, size=2 * k, replace=False))
+                                extra = [(base_runs[a]["metrics"], base_runs[b]["metrics"])
+                                         for a, b in zip(picked[:k], picked[k:], strict=True)]
                             else:
-                                base_extra = list(rng.choice(head_pool, size=k, replace=False))
-                                head_extra, head_first = [runs[o] for o in base_extra], runs[s]
-                            base_metrics = [base_runs[o]["metrics"] for o in [s, *base_extra]]
-                            head_metrics = [run["metrics"] for run in [head_first, *head_extra]]
-                            outcomes.append(paired_seeds_fails(rules, base_metrics, head_metrics))
-                        by_pairs[k].append(float(np.mean(outcomes)))
+                                both = [o for o in pool if o in runs]
+                                if len(both) < k:
+                                    break
+                                extra = [(base_runs[o]["metrics"], runs[o]["metrics"])
+                                         for o in rng.choice(both, size=k, replace=False)]
+                            outcomes.append(check(rules, (status, results), at_chance, [first, *extra], k))
+                        if outcomes:
+                            now[k].append((np.mean([f for f, _ in outcomes]), np.mean([r for _, r in outcomes])))
             # The true drop over the seeds both have: same seed, same data order, only the change differs.
             common = [seed for seed in base_seeds if runs is None or seed in runs]
             drops = [base_runs[seed]["metrics"]["accuracy"] - runs[seed]["metrics"]["accuracy"] for seed in common
@@ -233,12 +241,40 @@ def simulate(stored: dict[str, Any], draws: int, rng: np.random.Generator) -> li
                 "seeds": len(common),
                 "true_drop": round(float(np.mean(drops)), 4) if drops else 0.0,
                 "true_drop_sd": round(float(np.std(drops, ddof=1)), 4) if len(drops) > 1 else None,
-                "fail_rate": round(float(np.mean(fails)), 3) if fails else None,
-                "paired_fail_rate": round(float(np.mean(paired_fails)), 3) if paired_fails else None,
-                **{f"paired_seeds_{k}_fail_rate": round(float(np.mean(v)), 3) if v else None
-                   for k, v in by_pairs.items()},
+                "spread_check_fail_rate": round(float(np.mean(before)), 3) if before else None,
+                **{f"paired_seeds_{k}_fail_rate": round(float(np.mean([f for f, _ in v])), 3) if v else None
+                   for k, v in now.items()},
+                **{f"paired_seeds_{k}_runs": round(float(np.mean([r for _, r in v])), 2) if v else None
+                   for k, v in now.items()},
                 "trials": trials,
             })
+    return rows
+
+
+def minutes_to_catch(stored: dict[str, Any], metrics: dict[str, Any], looks: int) -> list[dict[str, Any]]:
+    """Per change, what catching it 80% of the time over seed pairs costs at this profile (normal
+    approximation): the pairs needed for the best metric's mean same-seed difference, beyond its
+    tolerance, to clear a one-sided test at the check's share of the error rate, times the CPU
+    minutes of a pair. This is how profiles compare: power per CPU minute, measured on real runs."""
+    base = stored["runs"]["base"]
+    minutes_per_run = float(np.mean([sum(r["wall_s"].values()) for r in base.values()])) / 60
+    z = stats.norm.ppf(1 - 0.05 / (looks * len(metrics))) + stats.norm.ppf(gate.POWER)
+    rows = []
+    for name, runs in stored["runs"].items():
+        common = [seed for seed in runs if seed in base]
+        if name == "base" or len(common) < 3:
+            continue
+        best = None
+        for metric, rule in metrics.items():
+            d = np.array([runs[s]["metrics"][metric] - base[s]["metrics"][metric] for s in common])
+            worse = -d if rule.direction == "higher" else d
+            margin = float(worse.mean()) - rule.tolerance
+            pairs = (z * float(worse.std(ddof=1)) / margin) ** 2 if margin > 0 else float("inf")
+            if best is None or pairs < best["pairs"]:
+                best = {"change": name, "metric": metric, "mean_worse": float(worse.mean()),
+                        "sd": float(worse.std(ddof=1)), "pairs": pairs}
+        rows.append({**best, "seeds": len(common), "minutes": 2 * max(best["pairs"], gate.FIRST_LOOK) * minutes_per_run,
+                     "minutes_per_run": minutes_per_run})
     return rows
 
 
@@ -246,32 +282,38 @@ def _rate(value: float | None) -> str:
     return f"{value:.0%}" if value is not None else "n/a"
 
 
-def markdown(stored: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def markdown(stored: dict[str, Any], rows: list[dict[str, Any]], gated: str) -> str:
     walls = [sum(r["wall_s"].values()) for runs in stored["runs"].values() for r in runs.values()]
     data_s = sum(stored.get("data_stages_s", {}).values())
     train_eval = float(np.mean(walls)) if walls else float("nan")
+
+    def minutes(runs: float | None) -> str:  # both sides' data stages once, then train + evaluate per run
+        return f"{(2 * data_s + runs * train_eval) / 60:.1f}" if runs is not None else "n/a"
+
     lines = [
-        f"### Pull-request check: error rates (smoke profile, {stored['eval']['info'].get('n_eval')} eval examples)",
+        f"### Pull-request check: error rates (smoke profile, {stored['eval']['info'].get('n_eval')} eval examples; "
+        f"gated: {gated})",
         "",
         "| change | true accuracy drop (mean ± sd over seeds) | true eval-loss rise | seeds | trials | "
-        "paired test alone fails | check fails (today) | "
-        + " | ".join(f"paired seeds, {k} more each side" for k in PAIRED_EXTRA) + " | that is |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | " + "---: | " * len(PAIRED_EXTRA) + "--- |",
+        "before: 3 base seeds' spread | "
+        + " | ".join(f"paired seeds, up to {k} more: fails (CPU min)" for k in MAX_EXTRA) + " | that is |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | " + "---: | " * len(MAX_EXTRA) + "--- |",
     ]
     for row in rows:
         kind = "false-alarm rate" if row["change"] in NULL_CHANGES else "detection rate"
         sd = f" ± {row['true_drop_sd']:.3f}" if row.get("true_drop_sd") is not None else ""
-        candidates = " | ".join(_rate(row.get(f"paired_seeds_{k}_fail_rate")) for k in PAIRED_EXTRA)
+        now = " | ".join(f"{_rate(row.get(f'paired_seeds_{k}_fail_rate'))} "
+                         f"({minutes(row.get(f'paired_seeds_{k}_runs'))})" for k in MAX_EXTRA)
         lines.append(
             f"| {row['change']} | {row['true_drop']:+.3f}{sd} | {row['true_loss_rise']:+.3f} | {row['seeds']} | "
-            f"{row['trials']} | {_rate(row['paired_fail_rate'])} | {_rate(row['fail_rate'])} | {candidates} | {kind} |"
+            f"{row['trials']} | {_rate(row['spread_check_fail_rate'])} | {now} | {kind} |"
         )
     lines += [
         "",
         f"One smoke run's train + evaluate took {train_eval:.0f} s on average, the data stages {data_s:.0f} s "
-        "(the stages' own commands on 2 cores, without DVC's overhead). A check is two such runs, plus "
-        f"{EXTRA_SEEDS} base runs after a suspected regression: about {(2 * (data_s + train_eval)) / 60:.1f} "
-        f"minutes, or {(2 * (data_s + train_eval) + EXTRA_SEEDS * train_eval) / 60:.1f} with the extra seeds.",
+        "(the stages' own commands on 2 cores, without DVC's overhead). CPU minutes per check: both "
+        "sides' data stages, then train + evaluate for every run the check made (the mean over trials; "
+        f"at most {minutes(2 + 2 * max(MAX_EXTRA))} with {max(MAX_EXTRA)} more pairs).",
     ]
     return "\n".join(lines)
 
@@ -281,26 +323,54 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20, help="training seeds per variant (default: %(default)s)")
     parser.add_argument("--first-seed", type=int, default=42)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated (default: %(default)s)")
-    parser.add_argument("--draws", type=int, default=5, help="choices of the extra base seeds per trial")
+    parser.add_argument("--draws", type=int, default=5, help="orders of the extra seeds tried per trial")
     parser.add_argument("--simulate-only", action="store_true", help="no training: simulate the stored runs")
+    parser.add_argument(
+        "--profile", type=Path, default=REPO_ROOT / pr_check.DEFAULT_PROFILE,
+        help="the smoke profile to run at (default: the check's); another one stores its runs beside, "
+        "and only its cost to catch each change is reported",
+    )
+    parser.add_argument(
+        "--rules", type=Path, default=REPO_ROOT / "params.yaml",
+        help="params file whose gate: section the simulated check judges by (default: the project's)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "gt-bench-gate")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or "base" not in variants:
         parser.error(f"variants must include base and come from {', '.join(VARIANTS)} (unknown: {unknown})")
-    stored = json.loads(RUNS_FILE.read_text()) if RUNS_FILE.is_file() else {"runs": {}}
+    checks_profile = args.profile.resolve() == (REPO_ROOT / pr_check.DEFAULT_PROFILE).resolve()
+    runs_file = RUNS_FILE if checks_profile else RESULTS_DIR / f"gate-runs-{args.profile.stem}.json"
+    stored = json.loads(runs_file.read_text()) if runs_file.is_file() else {"runs": {}}
     started = time.perf_counter()
     if not args.simulate_only:
         seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
-        stored = collect(variants, seed_list, args.workdir.resolve(), stored)
-    rows = simulate(stored, args.draws, np.random.default_rng(0))
-    table = markdown(stored, rows)
-    result = {"rows": rows, "markdown": table, "command": shlex.join([sys.executable, "-m", "bench.gate_errors",
-                                                                      *sys.argv[1:]]),
+        stored = collect(variants, seed_list, args.workdir.resolve(), stored, args.profile, runs_file)
+    if "base" not in stored["runs"]:
+        parser.error(f"{runs_file}: no base runs stored; run without --simulate-only first")
+    rules = load_gate_rules(args.rules.read_text(), str(args.rules))
+    costs = minutes_to_catch(stored, rules.metrics, gate.sequential_looks(pr_check.DEFAULT_CONFIRM_SEEDS + 1))
+    print(f"\n{costs_markdown(args.profile, costs)}\n")
+    if not checks_profile:
+        return
+    rows = simulate(stored, args.draws, np.random.default_rng(0), rules)
+    table = markdown(stored, rows, f"{', '.join(rules.metrics)} as `{args.rules.name}` rules them")
+    result = {"rows": rows, "costs": costs, "markdown": table,
+              "command": shlex.join([sys.executable, "-m", "bench.gate_errors", *sys.argv[1:]]),
               "elapsed_s": round(time.perf_counter() - started), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json(RESULTS_DIR / "gate-errors.json", result)
+    default_rules = args.rules.resolve() == (REPO_ROOT / "params.yaml").resolve()
+    write_json(RESULTS_DIR / ("gate-errors.json" if default_rules else f"gate-errors-{args.rules.stem}.json"), result)
     print(f"\n{table}\n")
+
+
+def costs_markdown(profile_file: Path, costs: list[dict[str, Any]]) -> str:
+    lines = [f"Profile {profile_file.name}: CPU minutes of seed pairs to catch each change 80% of the time",
+             "", "| change | seeds | best metric | mean worse | sd of same-seed differences | pairs | CPU minutes |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {c['change']} | {c['seeds']} | {c['metric']} | {c['mean_worse']:+.4f} | {c['sd']:.4f} | "
+              f"{c['pairs']:.1f} | {c['minutes']:.1f} |" for c in costs]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

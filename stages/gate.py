@@ -41,6 +41,9 @@ from stages.params import GateParams, MetricRule, ParamsError, flatten, load_gat
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
 POWER = 0.8  # the detection rate at which the report states the smallest drop the test catches
+# The sequential test over seed pairs looks from the third pair on: with two, Student's t has one
+# degree of freedom, and a look there would spend its share of the error rate on almost no power.
+FIRST_LOOK = 3
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "reports/predictions.csv"
 INFO_FILE = "reports/eval_info.json"
@@ -307,6 +310,82 @@ def mcnemar_p(base: pd.DataFrame, candidate: pd.DataFrame) -> float:
     return float(stats.binomtest(only_base, only_base + only_cand, 0.5).pvalue)
 
 
+# -- over training seeds --------------------------------------------------------------------------
+
+
+def compare_over_seeds(
+    gate: GateParams, pairs: list[tuple[dict[str, float], dict[str, float]]], looks: int = 1
+) -> list[MetricResult]:
+    """One result per gated metric from runs paired by training seed: `pairs[i]` is (base metrics,
+    candidate metrics) of pair i. The noise is the spread of the pairs' differences (Student's t on
+    their mean), so a change that barely moves training needs few pairs to judge.
+
+    `looks`: how many times a sequential test looks at growing `pairs`. Each look and each metric gets
+    Bonferroni's share of the error rate, so that the chance of a false alarm over them all stays at
+    most the one-sided 1 - `gate.confidence`.
+    """
+    n = len(pairs)
+    if n < 2:
+        raise ValueError("judging over seeds needs at least two pairs of runs")
+    confidence = seed_pairs_confidence(gate, looks)
+    quantiles = stats.t(df=n - 1)
+    q_conf = quantiles.ppf(0.5 + confidence / 2)
+    results = []
+    for name, rule in gate.metrics.items():
+        base = np.array([float(b[name]) for b, _ in pairs])
+        candidate = np.array([float(c[name]) for _, c in pairs])
+        differences = candidate - base
+        se = float(differences.std(ddof=1) / np.sqrt(n))
+        mean = float(differences.mean())
+        interval = (mean - q_conf * se, mean + q_conf * se)
+        worse = -mean if rule.direction == "higher" else mean
+        if worse <= rule.tolerance + 1e-12:
+            verdict = "pass"
+        else:
+            significant = interval[1] < 0 if rule.direction == "higher" else interval[0] > 0
+            verdict = "regression" if significant else "pass (within noise)"
+        detectable = max(rule.tolerance, float((q_conf + quantiles.ppf(POWER)) * se))
+        results.append(MetricResult(
+            name, float(base.mean()), float(candidate.mean()), interval, f"{n} seed pairs, t", None,
+            rule.tolerance, verdict, detectable,
+        ))
+    return results
+
+
+def seed_pairs_confidence(gate: GateParams, looks: int) -> float:
+    """The confidence of each look's intervals over seed pairs, at `looks` looks."""
+    # A regression is one-sided (the interval's better end below 0), so the shared one-sided error
+    # (1 - confidence) / (looks * metrics) is the tail of a two-sided interval of twice that.
+    return 1 - 2 * (1 - gate.confidence) / (max(looks, 1) * len(gate.metrics))
+
+
+def sequential_looks(max_pairs: int) -> int:
+    """How many times the sequential test looks, at most `max_pairs` pairs."""
+    return max_pairs - min(FIRST_LOOK, max_pairs) + 1
+
+
+def sequential_status(
+    gate: GateParams, pairs: list[tuple[dict[str, float], dict[str, float]]], max_pairs: int
+) -> tuple[int | None, list[MetricResult]]:
+    """A sequential test over seed pairs, after `pairs` of at most `max_pairs`: (REGRESSION, PASS, or
+    None for "run another pair"; the results at the Bonferroni-shared confidence).
+
+    It looks after every pair from the `FIRST_LOOK`th on. It stops early on a regression, and on a pass once
+    every metric's interval lies within its tolerance, so that more pairs would not turn the verdict
+    (that interval is a single look's: stopping to pass costs no false alarm, so it needs no share).
+    """
+    if len(pairs) < min(FIRST_LOOK, max_pairs):
+        return None, []
+    results = compare_over_seeds(gate, pairs, looks=sequential_looks(max_pairs))
+    if any(r.verdict == "regression" for r in results):
+        return REGRESSION, results
+    if len(pairs) >= max_pairs:
+        return PASS, results
+    plain = compare_over_seeds(gate, pairs)
+    worst = [-r.interval[0] if gate.metrics[r.name].direction == "higher" else r.interval[1] for r in plain]
+    return (PASS if all(w <= r.tolerance for w, r in zip(worst, plain, strict=True)) else None), results
+
+
 # -- reporting ------------------------------------------------------------------------------------
 
 
@@ -351,8 +430,8 @@ def render_report(
         lines += [
             "### Metrics",
             "",
-            f"| metric | base | candidate | delta | {confidence:.0%} interval of delta | test | tolerance | verdict "
-            f"| drop caught {POWER:.0%} of the time |",
+            f"| metric | base | candidate | delta | {100 * confidence:.4g}% interval of delta | test | tolerance "
+            f"| verdict | drop caught {POWER:.0%} of the time |",
             "| --- | ---: | ---: | ---: | --- | --- | ---: | --- | ---: |",
         ]
         for r in results:
@@ -395,6 +474,20 @@ def run(
 ) -> tuple[int, str]:
     """Compare; return the exit status and the Markdown report. `names` label (base, candidate);
     `rules_from` says in the report where `gate` (the rules) came from."""
+    status, _, report = judge(gate, base_revision, base_run, candidate_run, seed_noise_file, names, rules_from)
+    return status, report
+
+
+def judge(
+    gate: GateParams,
+    base_revision: str | None,
+    base_run: Path | None,
+    candidate_run: Path | None,
+    seed_noise_file: Path | None = None,
+    names: tuple[str, str] | None = None,
+    rules_from: str | None = None,
+) -> tuple[int, list[MetricResult], str]:
+    """`run`, with the per-metric results as well: (exit status, results, Markdown report)."""
     base = candidate = None
     base_name, candidate_name = names or (str(base_run), str(candidate_run) if candidate_run else "workspace")
     try:
@@ -403,9 +496,15 @@ def run(
         seed_noise = _read_seed_noise(seed_noise_file) if seed_noise_file else None
         results = compare(base, candidate, gate, seed_noise)
     except CannotCompare as err:
-        return CANNOT_COMPARE, render_report(base, candidate, [], CANNOT_COMPARE, str(err), gate.confidence, rules_from)
-    status = REGRESSION if any(r.verdict == "regression" for r in results) else PASS
-    return status, render_report(base, candidate, results, status, confidence=gate.confidence, rules_from=rules_from)
+        report = render_report(base, candidate, [], CANNOT_COMPARE, str(err), gate.confidence, rules_from)
+        return CANNOT_COMPARE, [], report
+    status = status_of(results)
+    report = render_report(base, candidate, results, status, confidence=gate.confidence, rules_from=rules_from)
+    return status, results, report
+
+
+def status_of(results: list[MetricResult]) -> int:
+    return REGRESSION if any(r.verdict == "regression" for r in results) else PASS
 
 
 def _read_seed_noise(path: Path) -> dict[str, Any]:

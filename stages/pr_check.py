@@ -12,10 +12,12 @@ checkout. Nothing the pull request changes in them applies to its own check. The
 2. in each, the smoke sizes override that side's own `params.yaml` (every other param is the side's
    own, so a change to the recipe shows), then `dvc repro`, sharing the repository's DVC cache (and
    run cache), so stages that already ran with the same inputs are restored, not rerun;
-3. `stages.gate` compares head against base (`--base-run`), with paired tests;
-4. if the paired test finds a regression, the base reruns with a few more training seeds and the
-   gate judges the change against the spread of those runs instead: the paired test holds both models
-   fixed, so on its own it would fail a change that only moves the training seed;
+3. `stages.gate` compares head against base (`--base-run`), with paired tests on the same eval
+   examples;
+4. if any metric is worse beyond its tolerance, that single pair of trained models cannot say whether
+   the change or the training seed did it. So both sides rerun with the same further training seeds
+   (up to `--confirm-seeds`), and a sequential t-test of the mean same-seed difference decides
+   (`gate.sequential_status`), stopping as soon as the answer is clear;
 5. the committed full-profile metrics (`dvc metrics diff BASE HEAD`) are shown beside it, not gated.
 
 The Markdown report goes to stdout and `--report`; the exit status is the gate's (0 pass,
@@ -33,11 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stages import gate, seeds
-from stages.outputs import write_json
+from stages import gate
 from stages.params import GateParams, ParamsError, load_gate_rules, load_params, read_yaml, write_yaml
 
 DEFAULT_PROFILE = Path("profiles/smoke.yaml")
@@ -50,7 +52,7 @@ SIZE_KEYS = {
     "train": ("epochs", "max_steps"),
     "evaluate": ("profile",),
 }
-DEFAULT_CONFIRM_SEEDS = 3
+DEFAULT_CONFIRM_SEEDS = 4  # the fewest extra seed pairs that caught as much as 8 (BENCHMARKS.md section 5)
 RUN_FILES = (gate.METRICS_FILE, gate.PREDICTIONS_FILE, gate.INFO_FILE, gate.PARAMS_FILE)
 
 
@@ -155,40 +157,77 @@ def snapshot(side: Path, dest: Path) -> Path:
     return dest
 
 
-def base_seed_spread(base_dir: Path, extra_seeds: int, work: Path) -> dict[str, Any]:
-    """Rerun the base's smoke run with `extra_seeds` more training seeds; the spread of its metrics.
-
-    Only train and evaluate rerun: the data stages are unchanged and DVC skips them.
-    """
-    first_seed = load_params(base_dir / "params.yaml").train.seed
-    by_seed = {first_seed: json.loads((base_dir / gate.METRICS_FILE).read_text())}
-    for seed in range(first_seed + 1, first_seed + 1 + extra_seeds):
-        smoke_run(base_dir, {"train": {"seed": seed}}, work / f"base-seed-{seed}.log")
-        by_seed[seed] = json.loads((base_dir / gate.METRICS_FILE).read_text())
-    return seeds.spread(by_seed)
+def run_seed(side: Path, seed: int, work: Path) -> dict[str, float]:
+    """Rerun `side`'s smoke run at training seed `seed` (only train and evaluate rerun: DVC skips the
+    unchanged data stages); its metrics."""
+    smoke_run(side, {"train": {"seed": seed}}, work / f"{side.name}-seed-{seed}.log")
+    return json.loads((side / gate.METRICS_FILE).read_text())
 
 
 def confirm_with_seeds(
-    gate_params: GateParams, base_dir: Path, head_dir: Path, extra_seeds: int, work: Path, names: tuple[str, str], paired_report: str
+    gate_params: GateParams, sides: dict[str, Path], extra_seeds: int, work: Path, paired_report: str
 ) -> tuple[int, str]:
-    """Judge a regression that the paired test found against the base recipe's training-seed spread."""
-    first_run = snapshot(base_dir, work / "base-first-seed")
-    noise = base_seed_spread(base_dir, extra_seeds, work)
-    noise_file = work / "seed_noise.json"
-    write_json(noise_file, noise)
-    status, report = gate.run(gate_params, None, first_run, head_dir, seed_noise_file=noise_file, names=names)
-    accuracy = noise["metrics"].get("accuracy", {})
-    values = ", ".join(f"{v:.4f}" for v in accuracy.get("values", []))
-    report += (
-        "\n### Training-seed noise\n\n"
-        "The paired test on the same eval examples found a regression, but it holds both trained models "
-        "fixed, and a different training seed alone moves a model. So the base's smoke run was repeated "
-        f"with training seeds {', '.join(map(str, noise['seeds']))} (accuracy {values}; "
-        f"std {accuracy.get('std', float('nan')):.4f}), and the table above judges the change against "
-        "that spread (Student's t).\n\n"
-        "<details><summary>The paired test's report</summary>\n\n" + paired_report + "\n</details>\n"
+    """Judge a suspected regression again over training seeds, paired: both sides rerun with the same
+    extra seeds (each side's own seed + 1, + 2, ...), and a sequential t-test of the mean same-seed
+    difference decides after each pair, stopping as soon as the answer is clear."""
+    first_seed = {name: load_params(side / "params.yaml").train.seed for name, side in sides.items()}
+    first = tuple(json.loads((sides[name] / gate.METRICS_FILE).read_text()) for name in ("base", "head"))
+
+    def run_pair(offset: int) -> tuple[dict[str, float], dict[str, float]]:
+        return tuple(run_seed(sides[name], first_seed[name] + offset, work) for name in ("base", "head"))
+
+    status, results, runs = over_seeds(gate_params, first, run_pair, extra_seeds)
+    seeds_run = [(first_seed["base"] + offset, first_seed["head"] + offset) for offset in range(len(runs))]
+    # The single pair's report: its header (sides, rules, params changed), then its metrics.
+    header, _, single = paired_report.partition("### Metrics")
+    header = header.split("\n", 1)[1]  # without its title: the verdict is the seeds' now
+    looks = gate.sequential_looks(extra_seeds + 1)
+    confidence = gate.seed_pairs_confidence(gate_params, looks)
+    table = gate.render_report(None, None, results, status, confidence=confidence)
+    title, _, metrics = table.partition("\n")
+    pairs_rows = "\n".join(
+        f"| {b} | {h} | " + " | ".join(f"{pair[0][m]:.4f} → {pair[1][m]:.4f}" for m in gate_params.metrics) + " |"
+        for (b, h), pair in zip(seeds_run, runs, strict=True)
     )
-    return status, report
+    return status, (
+        f"{title}\n{header}"
+        "### Over training seeds\n\n"
+        "The single pair of runs found a drop beyond the tolerance (its report is at the end), but two "
+        "trained models differ by their training seeds as well as by the change. So both sides reran "
+        "with the same further training seeds, and the change is judged by the mean same-seed "
+        f"difference over {len(runs)} pairs (Student's t). It looks from pair {min(gate.FIRST_LOOK, extra_seeds + 1)} "
+        f"on, {looks} looks at most, and stops once the answer is clear; each look and metric gets its "
+        f"Bonferroni share of the error rate, hence {100 * confidence:.4g}% intervals.\n\n"
+        f"{metrics.replace('### Metrics', '', 1).lstrip()}\n"
+        "### Seed pairs (base → head)\n\n"
+        f"| base seed | head seed | {' | '.join(gate_params.metrics)} |\n| ---: | ---: |"
+        + " --- |" * len(gate_params.metrics) + f"\n{pairs_rows}\n\n"
+        "<details><summary>The single pair's report</summary>\n\n### Metrics" + single + "\n</details>\n"
+    )
+
+
+def over_seeds(
+    gate_params: GateParams,
+    first: tuple[dict[str, float], dict[str, float]],
+    run_pair: Callable[[int], tuple[dict[str, float], dict[str, float]]],
+    extra_seeds: int,
+) -> tuple[int, list[gate.MetricResult], list[tuple[dict[str, float], dict[str, float]]]]:
+    """The sequential test over seed pairs: `first` is the single pair's (base, head) metrics, and
+    `run_pair(k)` gives pair k's, run at each side's seed + k, for k = 1 .. `extra_seeds` until the
+    test decides. Returns (status, the last look's results, every pair run)."""
+    pairs = [first]
+    for offset in range(1, extra_seeds + 1):
+        pairs.append(run_pair(offset))
+        status, results = gate.sequential_status(gate_params, pairs, max_pairs=extra_seeds + 1)
+        if status is not None:
+            return status, results, pairs
+    raise ValueError("over_seeds needs at least one extra seed")
+
+
+def needs_seeds(status: int, results: list[gate.MetricResult]) -> bool:
+    """Whether the single pair's verdict needs the seeds: any metric worse beyond its tolerance,
+    significant or not, since its noise leaves out the training seed's."""
+    return status == gate.REGRESSION or any(r.verdict != "pass" for r in results)
 
 
 def committed_metrics_diff(repo: Path, base: str) -> str:
@@ -211,8 +250,8 @@ def run(
     """Judge `repo`'s HEAD and uncommitted changes against `base`; return the exit status and the report.
 
     This is the judge: it runs from a checkout of `base`, and its own rules (`params.yaml`'s `gate:`),
-    profile (`profile_file`, relative to it) and gate code decide. `confirm_seeds`: how many more
-    training seeds of the base to run when the paired test finds a regression (0: trust it alone).
+    profile (`profile_file`, relative to it) and gate code decide. `confirm_seeds`: at most how many
+    more training seeds both sides run when the single pair is worse (0: trust the single pair).
     """
     repo, judge = repo.resolve(), Path.cwd().resolve()
     if not Path(gate.__file__).resolve().is_relative_to(judge):
@@ -237,13 +276,13 @@ def run(
             timings[name] = smoke_run(side, profile, work / f"{name}.log")
         names = (f"{base} (smoke run)", "HEAD (smoke run)")
         rules_from = f"{base} ({commit[:10]}):params.yaml"
-        status, report = gate.run(gate_params, None, sides["base"], sides["head"], names=names, rules_from=rules_from)
+        status, results, report = gate.judge(
+            gate_params, None, sides["base"], sides["head"], names=names, rules_from=rules_from
+        )
         at_chance = base_at_chance(sides["base"])
-        if status == gate.REGRESSION and confirm_seeds > 0 and not at_chance:
+        if needs_seeds(status, results) and confirm_seeds > 0 and not at_chance:
             started = time.perf_counter()
-            status, report = confirm_with_seeds(
-                gate_params, sides["base"], sides["head"], confirm_seeds, work, names, paired_report=report
-            )
+            status, report = confirm_with_seeds(gate_params, sides, confirm_seeds, work, paired_report=report)
             timings["seeds"] = time.perf_counter() - started
         if at_chance and status == gate.PASS:
             status = gate.CANNOT_COMPARE
@@ -260,7 +299,7 @@ def run(
     report += (
         f"\n{judged_by}\n\nSmoke profile ({profile_file} at {base}): {sizes}. "
         + (f"Runs took {timings['base']:.0f}s (base) and {timings['head']:.0f}s (head)" if "head" in timings else "")
-        + (f", and {timings['seeds']:.0f}s for the base's extra seeds" if "seeds" in timings else "")
+        + (f", and {timings['seeds']:.0f}s for the extra seed pairs" if "seeds" in timings else "")
         + ("." if "head" in timings else "")
         + "\n"
         + "\n### Committed full-profile metrics (shown, not gated)\n\n"
@@ -305,28 +344,42 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="git revision to compare against (e.g. origin/main)")
     parser.add_argument(
-        "--profile", type=Path, default=DEFAULT_PROFILE, help="size overrides (YAML), a path in the base's checkout"
+        "--profile", type=Path,
+        help=f"size overrides (YAML), a path in the base's checkout (default: the base's {DEFAULT_PROFILE})",
     )
     parser.add_argument(
-        "--confirm-seeds", type=int, default=DEFAULT_CONFIRM_SEEDS, metavar="N",
-        help=f"on a paired-test regression, rerun the base with N more training seeds (default {DEFAULT_CONFIRM_SEEDS}; 0: off)",
+        "--confirm-seeds", type=int, metavar="N",
+        help="when the single pair of runs finds a drop beyond a tolerance, rerun both sides with up to N more "
+        f"training seeds, paired (default: the base's, here {DEFAULT_CONFIRM_SEEDS}; 0: trust the single pair)",
     )
     parser.add_argument("--report", type=Path, help="also write the Markdown report here")
     parser.add_argument("--head-repo", type=Path, help=argparse.SUPPRESS)  # set by hand_over: this is the judge
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.head_repo is None:
-        judge_args = ["--base", args.base, "--profile", str(args.profile), "--confirm-seeds", str(args.confirm_seeds)]
-        if args.report:
-            judge_args += ["--report", str(args.report.resolve())]
         with tempfile.TemporaryDirectory(prefix="pr-check-") as work:
-            return hand_over(args.base, judge_args, Path(work))
+            return hand_over(args.base, judge_args(args), Path(work))
+    profile = args.profile or DEFAULT_PROFILE
+    confirm_seeds = DEFAULT_CONFIRM_SEEDS if args.confirm_seeds is None else args.confirm_seeds
     with tempfile.TemporaryDirectory(prefix="pr-check-") as scratch:
-        status, report = run(args.head_repo, args.base, args.profile, args.work or Path(scratch), args.confirm_seeds)
+        status, report = run(args.head_repo, args.base, profile, args.work or Path(scratch), confirm_seeds)
     print(report)
     if args.report:
         args.report.write_text(report)
     return status
+
+
+def judge_args(args: argparse.Namespace) -> list[str]:
+    """The options the judge gets: only those given on the command line, so that every default
+    (profile, seeds) is the base's, not this checkout's."""
+    forwarded = ["--base", args.base]
+    if args.profile is not None:
+        forwarded += ["--profile", str(args.profile)]
+    if args.confirm_seeds is not None:
+        forwarded += ["--confirm-seeds", str(args.confirm_seeds)]
+    if args.report:
+        forwarded += ["--report", str(args.report.resolve())]
+    return forwarded
 
 
 if __name__ == "__main__":

@@ -187,6 +187,51 @@ def test_seed_spread_replaces_the_binomial_noise(tmp_path: Path) -> None:
     assert "seed spread (n=5)" in report
 
 
+def seed_pairs(base_accuracy: list[float], drops: list[float]) -> list[tuple[dict, dict]]:
+    """Seed pairs (base metrics, candidate metrics) with the candidate's accuracy and macro-F1 lower by
+    `drops` and its loss higher by as much."""
+    def metrics(accuracy: float, loss: float) -> dict[str, float]:
+        return {"accuracy": accuracy, "macro_f1": accuracy, "eval_loss": loss}
+
+    return [(metrics(a, 1.3), metrics(a - d, 1.3 + d)) for a, d in zip(base_accuracy, drops, strict=True)]
+
+
+def test_over_seeds_a_steady_drop_fails_and_noise_passes() -> None:
+    base = [0.43, 0.45, 0.41, 0.44, 0.42]
+    # A drop of 0.05 that every seed shows within +-0.01: no look before the third pair, and after the
+    # fourth its mean is clear of the noise.
+    steady = seed_pairs(base, [0.05, 0.06, 0.04, 0.05, 0.05])
+    assert gate.sequential_status(GATE, steady[:2], max_pairs=6) == (None, [])
+    status, results = gate.sequential_status(GATE, steady[:4], max_pairs=6)
+    assert status == gate.REGRESSION
+    accuracy = results[0]
+    assert accuracy.method == "4 seed pairs, t" and accuracy.verdict == "regression"
+    assert accuracy.delta == pytest.approx(-0.05)
+    # Each of 4 looks (pairs 3 to 6) and 3 metrics gets its share: a two-sided interval at 1 - 2 * 0.05 / 12.
+    q = stats.t.ppf(1 - 0.05 / 12, 3)
+    se = np.std([0.05, 0.06, 0.04, 0.05], ddof=1) / np.sqrt(4)
+    assert accuracy.interval == pytest.approx((-0.05 - q * se, -0.05 + q * se))
+    assert accuracy.detectable == pytest.approx((q + stats.t.ppf(0.8, 3)) * se)
+    # The same mean drop, but seeds that disagree: within the noise, so another pair is asked for ...
+    noisy = seed_pairs(base, [0.15, -0.06, 0.09, -0.03, 0.1])
+    status, results = gate.sequential_status(GATE, noisy[:4], max_pairs=6)
+    assert status is None and results[0].verdict == "pass (within noise)"
+    # ... and at the last pair the verdict is final.
+    status, _ = gate.sequential_status(GATE, noisy, max_pairs=5)
+    assert status == gate.PASS
+
+
+def test_over_seeds_it_stops_early_once_every_metric_is_within_its_tolerance() -> None:
+    base = [0.43, 0.45, 0.41]
+    same = seed_pairs(base, [0.0, 0.001, -0.001])
+    status, _ = gate.sequential_status(GATE, same, max_pairs=9)
+    assert status == gate.PASS
+    status, _ = gate.sequential_status(GATE, seed_pairs(base, [0.0, 0.02, -0.02]), max_pairs=9)
+    assert status is None
+    with pytest.raises(ValueError, match="at least two pairs"):
+        gate.compare_over_seeds(GATE, same[:1])
+
+
 def test_base_from_a_git_revision_and_the_cli_exit_codes(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_run(repo, base_correct())

@@ -63,9 +63,13 @@ def test_pr_check_fails_a_real_regression_and_passes_a_comment_change(project: P
     assert "| `gate.metrics.accuracy.tolerance` | 0.01 | 1.0 |" in report
     assert "| `train.learning_rate` | 0.003 | 0.0 |" in report
     assert "**regression**" in report and "McNemar p=" in report
-    # The paired test's verdict held against the spread of the base over training seeds 42..45.
-    assert "seed spread (n=4)" in report and "training seeds 42, 43, 44, 45" in report
-    assert "for the base's extra seeds" in report
+    # The single pair's verdict held over seed pairs: both sides reran with seeds 43, 44, ..., and
+    # the sequential test stopped at the first look that could tell (the third pair).
+    over_seeds = report.split("### Over training seeds", 1)[1]
+    assert "## Metric gate: FAIL: regression" in report.split("### Over training seeds")[0]
+    assert re.search(r"\| accuracy \| [\d.]+ \| [\d.]+ \| -[\d.]+ \| .* \| 3 seed pairs, t \|", over_seeds), over_seeds
+    assert "| 42 | 42 |" in over_seeds and "| 44 | 44 |" in over_seeds and "| 45 | 45 |" not in over_seeds
+    assert "for the extra seed pairs" in report
     assert "Smoke profile (profiles/smoke.yaml at main)" in report
 
     # A change of the training seed only: noise, not a regression.
@@ -94,10 +98,15 @@ def judge_itself(repo: Path) -> None:
         rule["tolerance"] = 1.0
     write_yaml(repo / "params.yaml", params)
     write_yaml(repo / "profiles" / "smoke.yaml", merged(TEST_PROFILE, {"train": {"learning_rate": 0.003}}))
-    always_pass = 'status = REGRESSION if any(r.verdict == "regression" for r in results) else PASS'
-    edit(repo / "stages" / "gate.py", always_pass, "status = PASS")
+    always_pass = 'return REGRESSION if any(r.verdict == "regression" for r in results) else PASS'
+    edit(repo / "stages" / "gate.py", always_pass, "return PASS")
     size_keys = '"train": ("epochs", "max_steps"),'
     edit(repo / "stages" / "pr_check.py", size_keys, '"train": ("epochs", "max_steps", "learning_rate"),')
+    # Its default: trust the single pair, never run the seeds (the report shows the base's seeds ran).
+    pr_check_py = repo / "stages" / "pr_check.py"
+    pr_check_py.write_text(re.sub(r"^DEFAULT_CONFIRM_SEEDS = .*$", "DEFAULT_CONFIRM_SEEDS = 0", pr_check_py.read_text(),
+                                  count=1, flags=re.MULTILINE))
+    assert "DEFAULT_CONFIRM_SEEDS = 0\n" in pr_check_py.read_text()
 
 
 def edit(path: Path, old: str, new: str) -> None:
