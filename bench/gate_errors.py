@@ -171,7 +171,7 @@ def check(rules, single: tuple[int, list], at_chance: str | None, pairs: list[tu
     seeds, `pairs[1:]` stand in for the runs the check would make, in order.
     """
     status, results = single
-    if not (pr_check.needs_seeds(status, results) and max_extra > 0 and not at_chance):
+    if not (pr_check.needs_seeds(results) and max_extra > 0 and not at_chance):
         return status != gate.PASS or bool(at_chance), 2
     status, _, ran = pr_check.over_seeds(rules, pairs[0], lambda offset: pairs[offset], max_extra)
     return status != gate.PASS, 2 * len(ran)

@@ -53,7 +53,6 @@ SIZE_KEYS = {
     "evaluate": ("profile",),
 }
 DEFAULT_CONFIRM_SEEDS = 4  # the fewest extra seed pairs that caught as much as 8 (BENCHMARKS.md section 5)
-RUN_FILES = (gate.METRICS_FILE, gate.PREDICTIONS_FILE, gate.INFO_FILE, gate.PARAMS_FILE)
 
 
 class SideFailed(Exception):
@@ -148,15 +147,6 @@ def base_at_chance(base_dir: Path) -> str | None:
     return None
 
 
-def snapshot(side: Path, dest: Path) -> Path:
-    """Copy the files the gate reads from a run, so that later runs in the same folder leave them be."""
-    for name in RUN_FILES:
-        if (side / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(side / name, dest / name)
-    return dest
-
-
 def run_seed(side: Path, seed: int, work: Path) -> dict[str, float]:
     """Rerun `side`'s smoke run at training seed `seed` (only train and evaluate rerun: DVC skips the
     unchanged data stages); its metrics."""
@@ -224,10 +214,10 @@ def over_seeds(
     raise ValueError("over_seeds needs at least one extra seed")
 
 
-def needs_seeds(status: int, results: list[gate.MetricResult]) -> bool:
+def needs_seeds(results: list[gate.MetricResult]) -> bool:
     """Whether the single pair's verdict needs the seeds: any metric worse beyond its tolerance,
-    significant or not, since its noise leaves out the training seed's."""
-    return status == gate.REGRESSION or any(r.verdict != "pass" for r in results)
+    significant or not (a regression among them), since its noise leaves out the training seed's."""
+    return any(r.verdict != "pass" for r in results)
 
 
 def committed_metrics_diff(repo: Path, base: str) -> str:
@@ -280,7 +270,7 @@ def run(
             gate_params, None, sides["base"], sides["head"], names=names, rules_from=rules_from
         )
         at_chance = base_at_chance(sides["base"])
-        if needs_seeds(status, results) and confirm_seeds > 0 and not at_chance:
+        if needs_seeds(results) and confirm_seeds > 0 and not at_chance:
             started = time.perf_counter()
             status, report = confirm_with_seeds(gate_params, sides, confirm_seeds, work, paired_report=report)
             timings["seeds"] = time.perf_counter() - started
