@@ -10,7 +10,7 @@ export PATH := $(abspath $(dir $(PYTHON))):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM ?= true
 
-.PHONY: setup repro test clean-venv
+.PHONY: setup repro test test-fast clean-venv
 
 setup: $(STAMP)
 
@@ -29,12 +29,16 @@ repro: $(SETUP)
 test: $(SETUP)
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest $(PYTEST_ARGS)
 
+# The unit tier: no `dvc`, no stage command lines in subprocesses, no training beyond the tiny model.
+test-fast: $(SETUP)
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)
 
 # The pull-request check, as CI runs it: smoke runs of BASE and of this checkout, then the gate,
-# judged by BASE's own check, rules and profile (stages/pr_check.py hands over to BASE's copy).
+# judged by BASE's own check, rules and profile (stages/gate/pr_check.py hands over to BASE's copy).
 BASE ?= origin/main
 .PHONY: pr-check
 pr-check: $(SETUP)
-	$(PYTHON) -m stages.pr_check --base $(BASE) --report pr-check-report.md
+	$(PYTHON) -m stages.gate.pr_check --base $(BASE) --report pr-check-report.md

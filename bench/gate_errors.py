@@ -14,8 +14,8 @@ training seed, the train and evaluate stages' own commands. Variants (`VARIANTS`
 - `flip-N`: N% of the train subset's labels moved to another label (seeded), a data bug;
 - `lr-div-N`: `train.learning_rate` divided by N.
 
-Simulate, for each variant and seed s, the check's decision as `stages.pr_check` makes it, with its
-own functions (`gate.judge` on the single pair, `pr_check.needs_seeds`, `pr_check.over_seeds`): the
+Simulate, for each variant and seed s, the check's decision as `stages.gate.pr_check` makes it, with its
+own functions (`compare.judge` on the single pair, `pr_check.needs_seeds`, `pr_check.over_seeds`): the
 single pair base(s) / variant(s); where it needs the seeds, further pairs base(o) / variant(o) of
 other stored seeds o, in random order (`--draws` orders per trial, the rate averaged), for each cap
 on the extra pairs in `MAX_EXTRA`. The null change "another seed" is base(s) against base(s'), its
@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,10 +42,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import stats
 
-from bench.run import REPO_ROOT, RESULTS_DIR, make_repo, measure, run_stage, stage_args
-from stages import gate, pr_check, seeds
-from stages.outputs import write_json
-from stages.params import GateParams, load_gate_rules, read_yaml, write_yaml
+from bench.harness import REPO_ROOT, RESULTS_DIR, command_line, make_repo, run_stage
+from stages.common.atomic import write_json
+from stages.common.params import GateParams, load_gate_rules, override_params_file, read_yaml, write_yaml
+from stages.gate import compare, pr_check, seeds
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
@@ -79,8 +77,8 @@ def flip_labels(parquet: Path, share: float, num_labels: int, seed: int = 0) -> 
 def smoke_repo(workdir: Path, profile_file: Path) -> tuple[Path, dict[str, Any], dict[str, float]]:
     """A repository at the profile with its data stages run: (repo, its params, stage walls)."""
     repo = workdir / "repo"
-    make_repo(repo, [], cache_type=None)
-    pr_check.apply_profile(repo / "params.yaml", pr_check.read_profile(profile_file))
+    make_repo(repo, [])
+    override_params_file(repo / "params.yaml", pr_check.read_profile(profile_file))
     walls = {stage: run_stage(repo, stage, workdir / "logs").wall_s for stage in ("prepare", "tokenize", "subset")}
     shutil.copytree(repo / "data" / "subset", workdir / "subset-clean", dirs_exist_ok=True)
     return repo, read_yaml((repo / "params.yaml").read_text(), "params.yaml"), walls
@@ -102,21 +100,27 @@ def train_variant(repo: Path, workdir: Path, base_params: dict[str, Any], name: 
     write_yaml(repo / "params.yaml", params)
     shutil.rmtree(repo / "checkpoints", ignore_errors=True)  # every run trains from scratch
     logs = workdir / "logs"
-    walls = {stage: measure(stage_args(repo, stage), repo, logs / f"{name}-{seed}-{stage}.log").wall_s
-             for stage in ("train", "evaluate")}
-    predictions = pd.read_csv(repo / gate.PREDICTIONS_FILE).sort_values("idx")
+    walls = {stage: run_stage(repo, stage, logs, f"{name}-{seed}-{stage}").wall_s for stage in ("train", "evaluate")}
+    predictions = pd.read_csv(repo / compare.PREDICTIONS_FILE).sort_values("idx")
     return {
-        "metrics": json.loads((repo / gate.METRICS_FILE).read_text()),
+        "metrics": json.loads((repo / compare.METRICS_FILE).read_text()),
         "prediction": predictions["prediction"].tolist(),
         "loss": [round(float(x), 6) for x in predictions["loss"]],
         "wall_s": walls,
-        "eval": {"idx": predictions["idx"].tolist(), "label": predictions["label"].tolist(),
-                 "info": json.loads((repo / gate.INFO_FILE).read_text())},
+        "eval": {
+            "idx": predictions["idx"].tolist(),
+            "label": predictions["label"].tolist(),
+            "info": json.loads((repo / compare.INFO_FILE).read_text()),
+        },
     }
 
 
 def collect(
-    variants: list[str], seed_list: list[int], workdir: Path, stored: dict[str, Any], profile_file: Path,
+    variants: list[str],
+    seed_list: list[int],
+    workdir: Path,
+    stored: dict[str, Any],
+    profile_file: Path,
     runs_file: Path,
 ) -> dict[str, Any]:
     """Train every (variant, seed) not yet in `stored`, seed by seed; store each in `runs_file` as it finishes."""
@@ -135,46 +139,58 @@ def collect(
         run.pop("eval", None)
         stored["runs"].setdefault(name, {})[str(seed)] = run
         write_json(runs_file, stored)
-        print(f"bench: {name} seed {seed}: accuracy {run['metrics']['accuracy']:.3f} "
-              f"({sum(run['wall_s'].values()):.0f} s)", flush=True)
+        print(
+            f"bench: {name} seed {seed}: accuracy {run['metrics']['accuracy']:.3f} "
+            f"({sum(run['wall_s'].values()):.0f} s)",
+            flush=True,
+        )
     return stored
 
 
 def write_run(stored: dict[str, Any], run: dict[str, Any], folder: Path) -> Path:
     """A run folder as the gate reads it, from one stored run."""
     (folder / "reports").mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"idx": stored["eval"]["idx"], "label": stored["eval"]["label"], "prediction": run["prediction"],
-                  "confidence": 0.0, "loss": run["loss"]}).to_csv(folder / gate.PREDICTIONS_FILE, index=False)
-    (folder / gate.METRICS_FILE).write_text(json.dumps(run["metrics"]))
-    (folder / gate.INFO_FILE).write_text(json.dumps(stored["eval"]["info"]))
-    write_yaml(folder / gate.PARAMS_FILE, stored["params"])
+    pd.DataFrame(
+        {
+            "idx": stored["eval"]["idx"],
+            "label": stored["eval"]["label"],
+            "prediction": run["prediction"],
+            "confidence": 0.0,
+            "loss": run["loss"],
+        }
+    ).to_csv(folder / compare.PREDICTIONS_FILE, index=False)
+    (folder / compare.METRICS_FILE).write_text(json.dumps(run["metrics"]))
+    (folder / compare.INFO_FILE).write_text(json.dumps(stored["eval"]["info"]))
+    write_yaml(folder / compare.PARAMS_FILE, stored["params"])
     return folder
 
 
-def spread_check_fails(rules, single: int, base: Path, head: Path, spread_runs: list[dict[str, Any]],
-                       work: Path) -> bool:
+def spread_check_fails(
+    rules, single: int, base: Path, head: Path, spread_runs: list[dict[str, Any]], work: Path
+) -> bool:
     """The check before the paired seeds, for comparison: on a single pair's regression (`single`),
     the gate again against the spread of the base over `spread_runs` (its own seed and three more)."""
     status, at_chance = single, pr_check.base_at_chance(base)
-    if status == gate.REGRESSION and not at_chance:
+    if status == compare.REGRESSION and not at_chance:
         noise_file = work / "noise.json"
         write_json(noise_file, seeds.spread(dict(enumerate(run["metrics"] for run in spread_runs))))
-        status, _ = gate.run(rules, None, base, head, seed_noise_file=noise_file)
-    return status != gate.PASS or bool(at_chance)
+        status, _, _ = compare.judge(rules, None, base, head, seed_noise_file=noise_file)
+    return status != compare.PASS or bool(at_chance)
 
 
-def check(rules, single: tuple[int, list], at_chance: str | None, pairs: list[tuple[dict, dict]],
-          max_extra: int) -> tuple[bool, int]:
-    """The pull-request check's decision, as `stages.pr_check.run` makes it: (fails, runs it trained).
+def check(
+    rules, single: tuple[int, list], at_chance: str | None, pairs: list[tuple[dict, dict]], max_extra: int
+) -> tuple[bool, int]:
+    """The pull-request check's decision, as `stages.gate.pr_check.run` makes it: (fails, runs it trained).
 
     `single`: the gate's (status, results) on the single pair, `pairs[0]`'s runs; where it needs the
     seeds, `pairs[1:]` stand in for the runs the check would make, in order.
     """
     status, results = single
     if not (pr_check.needs_seeds(results) and max_extra > 0 and not at_chance):
-        return status != gate.PASS or bool(at_chance), 2
+        return status != compare.PASS or bool(at_chance), 2
     status, _, ran = pr_check.over_seeds(rules, pairs[0], lambda offset: pairs[offset], max_extra)
-    return status != gate.PASS, 2 * len(ran)
+    return status != compare.PASS, 2 * len(ran)
 
 
 def simulate(
@@ -203,14 +219,20 @@ def simulate(
                 for head, head_seed in heads:
                     trials += 1
                     pool = [o for o in others if o != head_seed]
-                    status, results, _ = gate.judge(rules, None, folders[s], head)
+                    status, results, _ = compare.judge(rules, None, folders[s], head)
                     at_chance = pr_check.base_at_chance(folders[s])
                     first = (base_runs[s]["metrics"], (base_runs[head_seed] if runs is None else runs[s])["metrics"])
                     spread = [list(rng.choice(pool, size=SPREAD_SEEDS, replace=False)) for _ in range(draws)]
-                    before.append(np.mean([
-                        spread_check_fails(rules, status, folders[s], head, [base_runs[o] for o in [s, *x]], work)
-                        for x in spread
-                    ]))
+                    before.append(
+                        np.mean(
+                            [
+                                spread_check_fails(
+                                    rules, status, folders[s], head, [base_runs[o] for o in [s, *x]], work
+                                )
+                                for x in spread
+                            ]
+                        )
+                    )
                     for k in caps:
                         outcomes = []
                         for _ in range(draws):
@@ -218,36 +240,52 @@ def simulate(
                                 if len(pool) < 2 * k:
                                     break
                                 picked = list(rng.choice(pool, size=2 * k, replace=False))
-                                extra = [(base_runs[a]["metrics"], base_runs[b]["metrics"])
-                                         for a, b in zip(picked[:k], picked[k:], strict=True)]
+                                extra = [
+                                    (base_runs[a]["metrics"], base_runs[b]["metrics"])
+                                    for a, b in zip(picked[:k], picked[k:], strict=True)
+                                ]
                             else:
                                 both = [o for o in pool if o in runs]
                                 if len(both) < k:
                                     break
-                                extra = [(base_runs[o]["metrics"], runs[o]["metrics"])
-                                         for o in rng.choice(both, size=k, replace=False)]
+                                extra = [
+                                    (base_runs[o]["metrics"], runs[o]["metrics"])
+                                    for o in rng.choice(both, size=k, replace=False)
+                                ]
                             outcomes.append(check(rules, (status, results), at_chance, [first, *extra], k))
                         if outcomes:
                             now[k].append((np.mean([f for f, _ in outcomes]), np.mean([r for _, r in outcomes])))
             # The true drop over the seeds both have: same seed, same data order, only the change differs.
             common = [seed for seed in base_seeds if runs is None or seed in runs]
-            drops = [base_runs[seed]["metrics"]["accuracy"] - runs[seed]["metrics"]["accuracy"] for seed in common
-                     if runs is not None]
-            loss_rises = [runs[seed]["metrics"]["eval_loss"] - base_runs[seed]["metrics"]["eval_loss"]
-                          for seed in common if runs is not None]
-            rows.append({
-                "change": name,
-                "true_loss_rise": round(float(np.mean(loss_rises)), 4) if loss_rises else 0.0,
-                "seeds": len(common),
-                "true_drop": round(float(np.mean(drops)), 4) if drops else 0.0,
-                "true_drop_sd": round(float(np.std(drops, ddof=1)), 4) if len(drops) > 1 else None,
-                "spread_check_fail_rate": round(float(np.mean(before)), 3) if before else None,
-                **{f"paired_seeds_{k}_fail_rate": round(float(np.mean([f for f, _ in v])), 3) if v else None
-                   for k, v in now.items()},
-                **{f"paired_seeds_{k}_runs": round(float(np.mean([r for _, r in v])), 2) if v else None
-                   for k, v in now.items()},
-                "trials": trials,
-            })
+            drops = [
+                base_runs[seed]["metrics"]["accuracy"] - runs[seed]["metrics"]["accuracy"]
+                for seed in common
+                if runs is not None
+            ]
+            loss_rises = [
+                runs[seed]["metrics"]["eval_loss"] - base_runs[seed]["metrics"]["eval_loss"]
+                for seed in common
+                if runs is not None
+            ]
+            rows.append(
+                {
+                    "change": name,
+                    "true_loss_rise": round(float(np.mean(loss_rises)), 4) if loss_rises else 0.0,
+                    "seeds": len(common),
+                    "true_drop": round(float(np.mean(drops)), 4) if drops else 0.0,
+                    "true_drop_sd": round(float(np.std(drops, ddof=1)), 4) if len(drops) > 1 else None,
+                    "spread_check_fail_rate": round(float(np.mean(before)), 3) if before else None,
+                    **{
+                        f"paired_seeds_{k}_fail_rate": round(float(np.mean([f for f, _ in v])), 3) if v else None
+                        for k, v in now.items()
+                    },
+                    **{
+                        f"paired_seeds_{k}_runs": round(float(np.mean([r for _, r in v])), 2) if v else None
+                        for k, v in now.items()
+                    },
+                    "trials": trials,
+                }
+            )
     return rows
 
 
@@ -258,7 +296,7 @@ def minutes_to_catch(stored: dict[str, Any], metrics: dict[str, Any], looks: int
     minutes of a pair. This is how profiles compare: power per CPU minute, measured on real runs."""
     base = stored["runs"]["base"]
     minutes_per_run = float(np.mean([sum(r["wall_s"].values()) for r in base.values()])) / 60
-    z = stats.norm.ppf(1 - 0.05 / (looks * len(metrics))) + stats.norm.ppf(gate.POWER)
+    z = stats.norm.ppf(1 - 0.05 / (looks * len(metrics))) + stats.norm.ppf(compare.POWER)
     rows = []
     for name, runs in stored["runs"].items():
         common = [seed for seed in runs if seed in base]
@@ -271,10 +309,21 @@ def minutes_to_catch(stored: dict[str, Any], metrics: dict[str, Any], looks: int
             margin = float(worse.mean()) - rule.tolerance
             pairs = (z * float(worse.std(ddof=1)) / margin) ** 2 if margin > 0 else float("inf")
             if best is None or pairs < best["pairs"]:
-                best = {"change": name, "metric": metric, "mean_worse": float(worse.mean()),
-                        "sd": float(worse.std(ddof=1)), "pairs": pairs}
-        rows.append({**best, "seeds": len(common), "minutes": 2 * max(best["pairs"], gate.FIRST_LOOK) * minutes_per_run,
-                     "minutes_per_run": minutes_per_run})
+                best = {
+                    "change": name,
+                    "metric": metric,
+                    "mean_worse": float(worse.mean()),
+                    "sd": float(worse.std(ddof=1)),
+                    "pairs": pairs,
+                }
+        rows.append(
+            {
+                **best,
+                "seeds": len(common),
+                "minutes": 2 * max(best["pairs"], compare.FIRST_LOOK) * minutes_per_run,
+                "minutes_per_run": minutes_per_run,
+            }
+        )
     return rows
 
 
@@ -296,14 +345,17 @@ def markdown(stored: dict[str, Any], rows: list[dict[str, Any]], gated: str) -> 
         "",
         "| change | true accuracy drop (mean ± sd over seeds) | true eval-loss rise | seeds | trials | "
         "before: 3 base seeds' spread | "
-        + " | ".join(f"paired seeds, up to {k} more: fails (CPU min)" for k in MAX_EXTRA) + " | that is |",
+        + " | ".join(f"paired seeds, up to {k} more: fails (CPU min)" for k in MAX_EXTRA)
+        + " | that is |",
         "| --- | ---: | ---: | ---: | ---: | ---: | " + "---: | " * len(MAX_EXTRA) + "--- |",
     ]
     for row in rows:
         kind = "false-alarm rate" if row["change"] in NULL_CHANGES else "detection rate"
         sd = f" ± {row['true_drop_sd']:.3f}" if row.get("true_drop_sd") is not None else ""
-        now = " | ".join(f"{_rate(row.get(f'paired_seeds_{k}_fail_rate'))} "
-                         f"({minutes(row.get(f'paired_seeds_{k}_runs'))})" for k in MAX_EXTRA)
+        now = " | ".join(
+            f"{_rate(row.get(f'paired_seeds_{k}_fail_rate'))} ({minutes(row.get(f'paired_seeds_{k}_runs'))})"
+            for k in MAX_EXTRA
+        )
         lines.append(
             f"| {row['change']} | {row['true_drop']:+.3f}{sd} | {row['true_loss_rise']:+.3f} | {row['seeds']} | "
             f"{row['trials']} | {_rate(row['spread_check_fail_rate'])} | {now} | {kind} |"
@@ -326,12 +378,16 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=5, help="orders of the extra seeds tried per trial")
     parser.add_argument("--simulate-only", action="store_true", help="no training: simulate the stored runs")
     parser.add_argument(
-        "--profile", type=Path, default=REPO_ROOT / pr_check.DEFAULT_PROFILE,
+        "--profile",
+        type=Path,
+        default=REPO_ROOT / pr_check.DEFAULT_PROFILE,
         help="the smoke profile to run at (default: the check's); another one stores its runs beside, "
         "and only its cost to catch each change is reported",
     )
     parser.add_argument(
-        "--rules", type=Path, default=REPO_ROOT / "params.yaml",
+        "--rules",
+        type=Path,
+        default=REPO_ROOT / "params.yaml",
         help="params file whose gate: section the simulated check judges by (default: the project's)",
     )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "gt-bench-gate")
@@ -350,26 +406,37 @@ def main() -> None:
     if "base" not in stored["runs"]:
         parser.error(f"{runs_file}: no base runs stored; run without --simulate-only first")
     rules = load_gate_rules(args.rules.read_text(), str(args.rules))
-    costs = minutes_to_catch(stored, rules.metrics, gate.sequential_looks(pr_check.DEFAULT_CONFIRM_SEEDS + 1))
+    costs = minutes_to_catch(stored, rules.metrics, compare.sequential_looks(pr_check.DEFAULT_CONFIRM_SEEDS + 1))
     print(f"\n{costs_markdown(args.profile, costs)}\n")
     if not checks_profile:
         return
     rows = simulate(stored, args.draws, np.random.default_rng(0), rules)
     table = markdown(stored, rows, f"{', '.join(rules.metrics)} as `{args.rules.name}` rules them")
-    result = {"rows": rows, "costs": costs, "markdown": table,
-              "command": shlex.join([sys.executable, "-m", "bench.gate_errors", *sys.argv[1:]]),
-              "elapsed_s": round(time.perf_counter() - started), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    result = {
+        "rows": rows,
+        "costs": costs,
+        "markdown": table,
+        "command": command_line(),
+        "elapsed_s": round(time.perf_counter() - started),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     default_rules = args.rules.resolve() == (REPO_ROOT / "params.yaml").resolve()
     write_json(RESULTS_DIR / ("gate-errors.json" if default_rules else f"gate-errors-{args.rules.stem}.json"), result)
     print(f"\n{table}\n")
 
 
 def costs_markdown(profile_file: Path, costs: list[dict[str, Any]]) -> str:
-    lines = [f"Profile {profile_file.name}: CPU minutes of seed pairs to catch each change 80% of the time",
-             "", "| change | seeds | best metric | mean worse | sd of same-seed differences | pairs | CPU minutes |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {c['change']} | {c['seeds']} | {c['metric']} | {c['mean_worse']:+.4f} | {c['sd']:.4f} | "
-              f"{c['pairs']:.1f} | {c['minutes']:.1f} |" for c in costs]
+    lines = [
+        f"Profile {profile_file.name}: CPU minutes of seed pairs to catch each change 80% of the time",
+        "",
+        "| change | seeds | best metric | mean worse | sd of same-seed differences | pairs | CPU minutes |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {c['change']} | {c['seeds']} | {c['metric']} | {c['mean_worse']:+.4f} | {c['sd']:.4f} | "
+        f"{c['pairs']:.1f} | {c['minutes']:.1f} |"
+        for c in costs
+    ]
     return "\n".join(lines)
 
 

@@ -15,9 +15,9 @@ What it measures, and why this way:
   of reviews truncated, like `yelp_review_full` through bert-base-cased's tokenizer. Padding costs what it
   would cost on the real reviews. Labels are random too: the loss's value does not change the speed.
 - **It runs the pipeline's own code.** The examples are a parquet file read with
-  `stages.examples.TokenizedExamples`, batched by `stages.examples.make_collator`; the settings are
-  `params.yaml`'s `train:` section (`stages.params.load_params`) with `dataclasses.replace` overrides,
-  resolved for this machine by `stages.devices.device_arguments(params, Device.detect())` and turned into
+  `stages.data.tokenized.TokenizedExamples`, batched by `stages.data.tokenized.make_collator`; the settings are
+  `params.yaml`'s `train:` section (`stages.common.params.load_params`) with `dataclasses.replace` overrides,
+  resolved for this machine by `stages.training.devices.device_arguments(params, Device.detect())` and turned into
   `TrainingArguments` by `stages.train.training_arguments`; training is the `Trainer`'s own loop. Only
   this differs from the train stage: `max_steps` is warmup + timed steps, evaluation is off (the stage
   evaluates once an epoch, outside any step), the progress bar and log printing are off, and each
@@ -70,8 +70,14 @@ RESULTS_DIR = REPO_ROOT / "bench" / "results"
 NO_GPU = "no CUDA GPU: bench/gpu.sh measures GPU training; see BENCHMARKS.md for the CPU benchmark"
 
 # bert-base-cased's shape (its config.json); the rest are BertConfig's defaults, which it shares.
-BERT_BASE_CASED = {"vocab_size": 28996, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-                   "intermediate_size": 3072, "max_position_embeddings": 512}
+BERT_BASE_CASED = {
+    "vocab_size": 28996,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+}
 # The CPU smoke test's model: the same code path in seconds, figures meaningless.
 TINY = {**BERT_BASE_CASED, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -90,11 +96,24 @@ DATA_SEED = 42
 
 # Sizes when there is a GPU, and for the CPU smoke test (--allow-cpu without CUDA).
 # The smoke test writes its own file, so it never passes for a GPU figure in gpu.json.
-GPU_DEFAULTS = {"steps": 100, "warmup": 20, "compile_warmup": 60, "batch_size": None, "max_length": None,
-                "configs": "tutorial,project,project-compile", "out": RESULTS_DIR / "gpu.json"}
-CPU_DEFAULTS = {"steps": 5, "warmup": 3, "compile_warmup": 3, "batch_size": 4, "max_length": 64,
-                "configs": "tutorial,project",  # compiling on 2 CPU cores takes minutes: ask for it by name
-                "out": RESULTS_DIR / "gpu-cpu-smoke.json"}
+GPU_DEFAULTS = {
+    "steps": 100,
+    "warmup": 20,
+    "compile_warmup": 60,
+    "batch_size": None,
+    "max_length": None,
+    "configs": "tutorial,project,project-compile",
+    "out": RESULTS_DIR / "gpu.json",
+}
+CPU_DEFAULTS = {
+    "steps": 5,
+    "warmup": 3,
+    "compile_warmup": 3,
+    "batch_size": 4,
+    "max_length": 64,
+    "configs": "tutorial,project",  # compiling on 2 CPU cores takes minutes: ask for it by name
+    "out": RESULTS_DIR / "gpu-cpu-smoke.json",
+}
 
 
 @dataclass(frozen=True)
@@ -102,17 +121,26 @@ class Config:
     """One measured configuration: `train:` overrides on params.yaml, and how examples are padded."""
 
     name: str
-    train: dict[str, Any]          # dataclasses.replace overrides of TrainParams
-    padding: str | None            # 'max_length' or 'dynamic'; None: tokenize.padding from params.yaml
-    compile_warmup: bool = False   # warm up for --compile-warmup steps instead of --warmup
+    train: dict[str, Any]  # dataclasses.replace overrides of TrainParams
+    padding: str | None  # 'max_length' or 'dynamic'; None: tokenize.padding from params.yaml
+    compile_warmup: bool = False  # warm up for --compile-warmup steps instead of --warmup
 
 
 CONFIGS = {
     # The tutorial: Trainer defaults (fp32, 0 workers, and fused AdamW, its default from torch 2.8 on),
     # no TF32 (PyTorch's default for matmuls), every review padded to 512 by the tokenizer.
-    "tutorial": Config("tutorial", {"precision": "fp32", "tf32": "off", "optimizer": "adamw_torch_fused",
-                                    "dataloader_workers": 0, "torch_compile": False, "group_by_length": False},
-                       padding="max_length"),
+    "tutorial": Config(
+        "tutorial",
+        {
+            "precision": "fp32",
+            "tf32": "off",
+            "optimizer": "adamw_torch_fused",
+            "dataloader_workers": 0,
+            "torch_compile": False,
+            "group_by_length": False,
+        },
+        padding="max_length",
+    ),
     "project": Config("project", {}, padding=None),
     "project-grouped": Config("project-grouped", {"group_by_length": True}, padding=None),
     "project-compile": Config("project-compile", {"torch_compile": True}, padding=None, compile_warmup=True),
@@ -145,11 +173,13 @@ def write_examples(path: Path, lengths: np.ndarray, vocab_size: int, num_labels:
     for length in lengths:
         body = rng.integers(FIRST_WORDPIECE, vocab_size, size=int(length) - 2).tolist()
         ids.append([CLS_ID, *body, SEP_ID])
-    table = pa.table({
-        "input_ids": pa.array(ids, type=pa.list_(id_type(vocab_size))),
-        "label": pa.array(rng.integers(0, num_labels, size=len(lengths)), type=pa.int64()),
-        "idx": pa.array(np.arange(len(lengths)), type=pa.int64()),
-    })
+    table = pa.table(
+        {
+            "input_ids": pa.array(ids, type=pa.list_(id_type(vocab_size))),
+            "label": pa.array(rng.integers(0, num_labels, size=len(lengths)), type=pa.int64()),
+            "idx": pa.array(np.arange(len(lengths)), type=pa.int64()),
+        }
+    )
     pq.write_table(table, path)
 
 
@@ -226,7 +256,7 @@ def make_trainer_class():
 
 def resolve(config: Config, base, padding_default: str, device) -> tuple[Any, str, dict[str, Any]]:
     """`config`'s TrainParams, padding, and the project's `TrainingArguments` device settings for them."""
-    from stages.devices import device_arguments
+    from stages.training.devices import device_arguments
 
     params = dataclasses.replace(base, **config.train)
     return params, config.padding or padding_default, device_arguments(params, device)
@@ -247,20 +277,40 @@ def settings_row(config: Config, params, padding: str, device_args: dict[str, An
     }
 
 
-def measure_config(config: Config, base, padding_default: str, max_length: int, model_shape: dict[str, int],
-                   num_labels: int, examples, tokenizer, warmup: int, steps: int, device) -> dict[str, Any]:
+def measure_config(
+    config: Config,
+    base,
+    padding_default: str,
+    max_length: int,
+    model_shape: dict[str, int],
+    num_labels: int,
+    examples,
+    tokenizer,
+    warmup: int,
+    steps: int,
+    device,
+) -> dict[str, Any]:
     """Train `config` for `warmup + steps` steps with the `Trainer`; the timed window's figures."""
     import torch
-    from transformers import (BertConfig, BertForSequenceClassification, IntervalStrategy, PrinterCallback,
-                              ProgressCallback, set_seed)
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        IntervalStrategy,
+        PrinterCallback,
+        ProgressCallback,
+        set_seed,
+    )
 
-    from stages.examples import make_collator
+    from stages.data.tokenized import make_collator
     from stages.train import training_arguments
 
     params, padding, device_args = resolve(config, base, padding_default, device)  # `auto`, as train resolves it
     params = dataclasses.replace(params, max_steps=warmup + steps)
-    result = {**settings_row(config, params, padding, device_args, max_length),
-              "warmup_steps": warmup, "timed_steps": steps}
+    result = {
+        **settings_row(config, params, padding, device_args, max_length),
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+    }
     if device.cuda:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as scratch:
@@ -315,8 +365,9 @@ def tf32_backend_state() -> str:
     import torch
 
     if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9
-        return (f"fp32_precision={torch.backends.fp32_precision}, "
-                f"cuda.matmul={torch.backends.cuda.matmul.fp32_precision}")
+        return (
+            f"fp32_precision={torch.backends.fp32_precision}, cuda.matmul={torch.backends.cuda.matmul.fp32_precision}"
+        )
     return f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}"
 
 
@@ -338,8 +389,18 @@ def _gib(n: int | None) -> str:
     return "-" if n is None else f"{n / 1024**3:.2f} GiB"
 
 
-TABLE_HEADER = ("config", "precision", "tf32", "optimizer", "padding", "compile", "samples/s", "tokens/s (non-pad)",
-                "peak GPU memory", "× tutorial")
+TABLE_HEADER = (
+    "config",
+    "precision",
+    "tf32",
+    "optimizer",
+    "padding",
+    "compile",
+    "samples/s",
+    "tokens/s (non-pad)",
+    "peak GPU memory",
+    "× tutorial",
+)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -367,8 +428,10 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"{head} failed: {r['error']} | | | |")
             continue
         speedup = r.get("speedup")
-        lines.append(f"{head} {r['samples_per_s']:.1f} | {r['tokens_per_s']:,.0f} | {_gib(r['peak_memory_bytes'])} | "
-                     f"{'-' if speedup is None else f'**{speedup:.2f}**'} |")
+        lines.append(
+            f"{head} {r['samples_per_s']:.1f} | {r['tokens_per_s']:,.0f} | {_gib(r['peak_memory_bytes'])} | "
+            f"{'-' if speedup is None else f'**{speedup:.2f}**'} |"
+        )
     return "\n".join(lines)
 
 
@@ -379,10 +442,16 @@ def machine_info(device) -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "gpu": device.name if device.cuda else None,
-        "gpu_capability": None, "gpu_memory_bytes": None,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": None,
-        "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-        "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+        "gpu_capability": None,
+        "gpu_memory_bytes": None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": None,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
     }
     if device.cuda:
         info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
@@ -406,9 +475,11 @@ def save(path: Path, result: dict[str, Any]) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="See BENCHMARKS.md, section 'GPU: bench/gpu.sh'.")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See BENCHMARKS.md, section 'GPU: bench/gpu.sh'.",
+    )
 
     def default(name: str) -> str:
         return f"default: {GPU_DEFAULTS[name]}; CPU: {CPU_DEFAULTS[name]}"
@@ -416,18 +487,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--configs", help=f"comma-separated, from {', '.join(CONFIGS)} ({default('configs')})")
     parser.add_argument("--steps", type=int, help=f"timed steps per config ({default('steps')})")
     parser.add_argument("--warmup", type=int, help=f"untimed steps before them ({default('warmup')})")
-    parser.add_argument("--compile-warmup", type=int,
-                        help=f"untimed steps before them with torch_compile ({default('compile_warmup')})")
-    parser.add_argument("--batch-size", type=int,
-                        help="train.batch_size, every config (default: params.yaml's; CPU: 4)")
-    parser.add_argument("--max-length", type=int, help="longest example, and the tutorial's padding "
-                        "(default: tokenize.max_length, at most 512; CPU: 64)")
+    parser.add_argument(
+        "--compile-warmup", type=int, help=f"untimed steps before them with torch_compile ({default('compile_warmup')})"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help="train.batch_size, every config (default: params.yaml's; CPU: 4)"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        help="longest example, and the tutorial's padding (default: tokenize.max_length, at most 512; CPU: 64)",
+    )
     parser.add_argument("--params", type=Path, default=REPO_ROOT / "params.yaml", help="default: %(default)s")
-    parser.add_argument("--out", type=Path, help="JSON results (default: bench/results/gpu.json; "
-                        "CPU: bench/results/gpu-cpu-smoke.json)")
-    parser.add_argument("--allow-cpu", action="store_true",
-                        help="without CUDA, run a tiny model for a few steps: a smoke test of the code path, "
-                             "not a benchmark")
+    parser.add_argument(
+        "--out", type=Path, help="JSON results (default: bench/results/gpu.json; CPU: bench/results/gpu-cpu-smoke.json)"
+    )
+    parser.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="without CUDA, run a tiny model for a few steps: a smoke test of the code path, not a benchmark",
+    )
     return parser.parse_args()
 
 
@@ -436,10 +515,10 @@ def main() -> None:
     # torch and the stages are imported only now, so --help is instant.
     from transformers.utils import logging as hf_logging
 
-    from bench.run import length_summary
-    from stages.devices import Device
-    from stages.examples import TokenizedExamples
-    from stages.params import load_params
+    from bench.harness import length_summary
+    from stages.common.params import load_params
+    from stages.data.tokenized import TokenizedExamples
+    from stages.training.devices import Device
 
     device = Device.detect()
     if not device.cuda and not args.allow_cpu:
@@ -465,8 +544,12 @@ def main() -> None:
     max_length = min(args.max_length or params.tokenize.max_length, model_shape["max_position_embeddings"])
     load = os.getloadavg()[0]
     if load > 1.0:
-        print(f"bench: warning: load average {load:.2f} at start; other work on this machine can slow the "
-              "data loading and the kernel launches", file=sys.stderr, flush=True)
+        print(
+            f"bench: warning: load average {load:.2f} at start; other work on this machine can slow the "
+            "data loading and the kernel launches",
+            file=sys.stderr,
+            flush=True,
+        )
 
     # One set of examples for every config, enough for the longest run: the same reviews in the same
     # (seeded) order, so the configs differ only in their settings.
@@ -477,17 +560,35 @@ def main() -> None:
         "benchmark": "gpu_train",
         "command": shlex.join([sys.executable, "-m", "bench.gpu_train", *sys.argv[1:]]),
         "machine": {**machine_info(device), "loadavg_at_start": round(load, 2)},
-        "model": {"name": "bert-base-cased shape, random weights" if device.cuda else "tiny BERT (CPU smoke test)",
-                  "config": model_shape, "num_labels": params.data.num_labels, "parameters": n_params},
-        "data": {"examples": len(lengths), "seed": DATA_SEED, "length_median": LENGTH_MEDIAN,
-                 "length_sigma": LENGTH_SIGMA, "lengths": length_summary(lengths)},
-        "settings": {"batch_size": base.batch_size, "steps": args.steps, "warmup": args.warmup,
-                     "compile_warmup": args.compile_warmup, "max_length": max_length,
-                     "params": str(args.params), "tokenize_padding": params.tokenize.padding},
+        "model": {
+            "name": "bert-base-cased shape, random weights" if device.cuda else "tiny BERT (CPU smoke test)",
+            "config": model_shape,
+            "num_labels": params.data.num_labels,
+            "parameters": n_params,
+        },
+        "data": {
+            "examples": len(lengths),
+            "seed": DATA_SEED,
+            "length_median": LENGTH_MEDIAN,
+            "length_sigma": LENGTH_SIGMA,
+            "lengths": length_summary(lengths),
+        },
+        "settings": {
+            "batch_size": base.batch_size,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "compile_warmup": args.compile_warmup,
+            "max_length": max_length,
+            "params": str(args.params),
+            "tokenize_padding": params.tokenize.padding,
+        },
         "configs": [],
     }
-    print(f"bench: {result['model']['name']}, {n_params / 1e6:.1f}M parameters, on {device.name}; "
-          f"{len(lengths)} examples, mean {lengths.mean():.0f} tokens", flush=True)
+    print(
+        f"bench: {result['model']['name']}, {n_params / 1e6:.1f}M parameters, on {device.name}; "
+        f"{len(lengths)} examples, mean {lengths.mean():.0f} tokens",
+        flush=True,
+    )
 
     with tempfile.TemporaryDirectory(prefix="gpu-bench-data-") as scratch:
         write_examples(Path(scratch) / "train.parquet", lengths, model_shape["vocab_size"], params.data.num_labels)
@@ -499,8 +600,19 @@ def main() -> None:
             print(f"bench: {name}: {warmup} warmup + {args.steps} timed steps ...", flush=True)
             started = time.perf_counter()
             try:
-                row = measure_config(config, base, params.tokenize.padding, max_length, model_shape,
-                                     params.data.num_labels, examples, tokenizer, warmup, args.steps, device)
+                row = measure_config(
+                    config,
+                    base,
+                    params.tokenize.padding,
+                    max_length,
+                    model_shape,
+                    params.data.num_labels,
+                    examples,
+                    tokenizer,
+                    warmup,
+                    args.steps,
+                    device,
+                )
             except Exception as err:  # noqa: BLE001 - one failing config (OOM, compile error) must not lose the others
                 traceback.print_exc()
                 first_line = (str(err).strip().splitlines() or [""])[0][:200]
@@ -543,6 +655,6 @@ def _speedups(rows: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    from stages.cli import run_main
+    from stages.common.errors import run_main
 
     run_main(main)  # a params.yaml error is one line, as the stages print it

@@ -31,9 +31,10 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from stages.params import Params, load_params
-from stages.synthetic import generate_reviews
-from stages.tokenize import load_tokenizer
+
+from stages.common.params import Params, load_params
+from stages.data.synthetic import generate_reviews
+from stages.data.tokenizer import load_tokenizer
 from stages.train import load_pretrained
 
 SETTINGS = {"fp32", "bf16", "adamw", "fused", "no-attention-dropout"}
@@ -43,14 +44,21 @@ DEFAULT_VARIANTS = "fp32+adamw,fp32+fused,bf16+fused,fp32+fused+no-attention-dro
 def length_sorted_batches(params: Params, reviews: int, every: int) -> list[dict[str, torch.Tensor]]:
     texts, labels = generate_reviews(reviews, seed=42, length_scale=7.0)
     tokenizer = load_tokenizer(params.model)
-    ids = tokenizer(texts, truncation=True, max_length=params.tokenize.max_length, return_token_type_ids=False,
-                    return_attention_mask=False)["input_ids"]
+    ids = tokenizer(
+        texts,
+        truncation=True,
+        max_length=params.tokenize.max_length,
+        return_token_type_ids=False,
+        return_attention_mask=False,
+    )["input_ids"]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     size = params.train.batch_size
     batches = [order[start : start + size] for start in range(0, len(order), size)][::every]
     return [
-        {**tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt"),
-         "labels": torch.tensor([labels[i] for i in rows])}
+        {
+            **tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt"),
+            "labels": torch.tensor([labels[i] for i in rows]),
+        }
         for rows in batches
     ]
 
@@ -59,8 +67,10 @@ def time_variant(variant: str, params: Params, batches: list[dict[str, torch.Ten
     settings = set(variant.split("+"))
     unknown = settings - SETTINGS
     if unknown or len(settings & {"fp32", "bf16"}) != 1 or len(settings & {"adamw", "fused"}) != 1:
-        raise SystemExit(f"variant {variant!r}: expected fp32 or bf16, adamw or fused, and optionally "
-                         f"no-attention-dropout, joined by '+' (unknown: {sorted(unknown)})")
+        raise SystemExit(
+            f"variant {variant!r}: expected fp32 or bf16, adamw or fused, and optionally "
+            f"no-attention-dropout, joined by '+' (unknown: {sorted(unknown)})"
+        )
     torch.manual_seed(42)
     attention_dropout = 0.0 if "no-attention-dropout" in settings else params.train.attention_dropout
     model = load_pretrained(params.model, params.data.num_labels, attention_dropout).train()
@@ -84,10 +94,17 @@ def time_variant(variant: str, params: Params, batches: list[dict[str, torch.Ten
         times = [step(batch) for batch in batches]
     forward_backward, optimizer_step = sum(t[0] for t in times), sum(t[1] for t in times)
     samples = sum(len(batch["labels"]) for batch in batches)
-    result = {"variant": variant, "forward_backward_s": forward_backward, "optimizer_s": optimizer_step,
-              "samples_per_second": samples / (forward_backward + optimizer_step)}
-    print(f"{variant:40s} forward+backward {forward_backward:6.2f} s   clip+optimizer {optimizer_step:5.2f} s   "
-          f"{result['samples_per_second']:6.2f} samples/s", flush=True)
+    result = {
+        "variant": variant,
+        "forward_backward_s": forward_backward,
+        "optimizer_s": optimizer_step,
+        "samples_per_second": samples / (forward_backward + optimizer_step),
+    }
+    print(
+        f"{variant:40s} forward+backward {forward_backward:6.2f} s   clip+optimizer {optimizer_step:5.2f} s   "
+        f"{result['samples_per_second']:6.2f} samples/s",
+        flush=True,
+    )
     if profile:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
     return result
@@ -98,19 +115,26 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated (default: %(default)s)")
     parser.add_argument("--reviews", type=int, default=400, help="synthetic reviews to batch (default: %(default)s)")
-    parser.add_argument("--every", type=int, default=5, help="time every Nth length-sorted batch (default: %(default)s)")
+    parser.add_argument(
+        "--every", type=int, default=5, help="time every Nth length-sorted batch (default: %(default)s)"
+    )
     parser.add_argument("--profile", action="store_true", help="also print torch's profiler table per variant")
     args = parser.parse_args()
     params = load_params(args.params)
     batches = length_sorted_batches(params, args.reviews, args.every)
     tokens = sum(batch["input_ids"].numel() for batch in batches) / len(batches)
-    print(f"{len(batches)} batches of {len(batches[0]['labels'])}, {tokens:.0f} tokens each on average "
-          f"(padding included); {torch.get_num_threads()} torch threads; torch {torch.__version__}", flush=True)
+    print(
+        f"{len(batches)} batches of {len(batches[0]['labels'])}, {tokens:.0f} tokens each on average "
+        f"(padding included); {torch.get_num_threads()} torch threads; torch {torch.__version__}",
+        flush=True,
+    )
     results = [time_variant(variant, params, batches, args.profile) for variant in args.variants.split(",")]
     base = results[0]
     for result in results[1:]:
-        print(f"{result['variant']} vs {base['variant']}: {result['samples_per_second'] / base['samples_per_second']:.2f}x "
-              f"samples/s, optimizer step {base['optimizer_s'] / result['optimizer_s']:.2f}x faster")
+        print(
+            f"{result['variant']} vs {base['variant']}: {result['samples_per_second'] / base['samples_per_second']:.2f}x "
+            f"samples/s, optimizer step {base['optimizer_s'] / result['optimizer_s']:.2f}x faster"
+        )
 
 
 if __name__ == "__main__":

@@ -1,24 +1,9 @@
 """Stage `evaluate`: predict the eval subset with the trained model and write the metrics.
 
-Params: `evaluate.*`. Inputs: `<model>/` (from train), `<subset>/eval.parquet` and `meta.json`.
-Outputs:
-- `<metrics-out>` (`metrics.json`): accuracy, macro_f1, eval_loss, n_eval; deterministic numbers
-  only, so `dvc metrics diff` shows real change;
-- `<predictions-out>`: a CSV row per eval example (its `idx` in the test split, `label`,
-  `prediction`, `confidence`, `loss`), which `dvc.yaml` also draws as the confusion matrix and the
-  gate uses for paired tests;
-- `<info-out>`: what the metrics were computed on (a fingerprint of the eval examples, the profile),
-  so the gate never compares runs on different data;
-- `<per-class-out>` (`reports/per_class.csv`): precision, recall, F1 and support per label, drawn by
-  `dvc plots show` as a bar chart (the mean of its F1 column is `macro_f1`);
-- `<errors-out>` (`reports/errors.csv`): the most confident wrong predictions, with their text, read
-  by `idx` from `<prepared>/test.parquet` (checked against the hash the tokenize stage recorded).
-
-The scores are computed by `stages/scoring.py`, the code `train` uses for the model card it writes
-into the model folder, so the card and `metrics.json` agree.
-
-Every output is deterministic (no timestamps, a seeded bootstrap), so `dvc repro --force` rewrites
-the same bytes.
+Params: `evaluate.*`. Inputs: `<model>/` (from train), `<subset>/eval.parquet` and `meta.json`, and for the
+errors report `<prepared>/test.parquet`. Outputs: `<metrics-out>` (`metrics.json`: accuracy, macro_f1,
+eval_loss, n_eval), `<predictions-out>` (a CSV row per eval example), `<info-out>` (what the metrics were
+computed on), `<per-class-out>` (`reports/per_class.csv`) and `<errors-out>` (`reports/errors.csv`).
 """
 
 from __future__ import annotations
@@ -36,12 +21,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from stages.cli import UserError, run_main
-from stages.examples import TokenizedExamples, make_collator, read_meta
-from stages.outputs import atomic_file, write_json
-from stages.params import EvaluateParams, load_params
-from stages.scoring import score
-from stages.tokenize import ContentDigest
+from stages.common.atomic import atomic_file, write_json
+from stages.common.errors import UserError, run_main
+from stages.common.params import EvaluateParams, load_params
+from stages.data.digest import ContentDigest
+from stages.data.tokenized import TokenizedExamples, make_collator, read_meta
+from stages.metrics.scoring import score
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +62,12 @@ def run(
     logits = predict(model, examples, make_collator(tokenizer, meta), params.batch_size)
 
     labels = np.asarray(examples.labels)
+    # The code train scores its model card with (stages/metrics/scoring.py), so the card and metrics.json agree.
     scores = score(logits, labels, model.config.num_labels)
     metrics = scores.metrics
+    # Every output is deterministic (no timestamps, a seeded bootstrap): `dvc repro --force` rewrites the same bytes.
     write_json(metrics_out, metrics)
+    # Per example: dvc.yaml draws it as the confusion matrix, and the gate's paired tests read it.
     table = pd.DataFrame(
         {
             "idx": examples.idx,
@@ -91,7 +79,7 @@ def run(
     )
     with atomic_file(predictions_out) as tmp:
         table.to_csv(tmp, index=False)
-    write_json(info_out, eval_info(params, meta, examples))
+    write_json(info_out, eval_info(params, meta, examples))  # so the gate never compares runs on different data
     if per_class_out is not None:
         write_csv(per_class_out, scores.per_class)
     if errors_out is not None:
@@ -104,14 +92,10 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
         frame.to_csv(tmp, index=False)
 
 
-
-
 def read_texts(prepared_dir: Path, meta: dict) -> list[str]:
     """The test split's texts, in row order: the order the tokenize stage wrote, so `idx` indexes it.
 
-    Checked against the content hash the tokenize stage recorded (the same digest of texts and
-    labels), so a `data/prepared` that is not the one the eval subset came from is refused rather
-    than quoted against the wrong predictions.
+    A split whose content hash differs from the one tokenize recorded is a `UserError`.
     """
     source = prepared_dir / "test.parquet"
     if not source.is_file():
@@ -120,6 +104,7 @@ def read_texts(prepared_dir: Path, meta: dict) -> list[str]:
     texts = table.column("text").to_pylist()
     content = ContentDigest()
     content.update(texts, table.column("label").to_numpy())
+    # Another data/prepared than the eval subset's would quote texts against the wrong predictions.
     if content.hexdigest() != meta["content_sha256"]["test"]:
         raise UserError(
             f"{source} is not the test split the eval subset was tokenized from (its content hash differs "
@@ -139,16 +124,6 @@ def confident_errors(table: pd.DataFrame, texts: list[str], top: int) -> pd.Data
 def _truncate(text: str, limit: int) -> str:
     text = " ".join(text.split())  # one line per review in the CSV
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-
-
-
-
-
-
-
-
 
 
 def eval_info(params: EvaluateParams, meta: dict, examples: TokenizedExamples) -> dict:
@@ -200,7 +175,12 @@ def main() -> None:
     params = load_params(args.params)
     started = time.perf_counter()
     metrics = run(
-        params.evaluate, args.model, args.subset, args.metrics_out, args.predictions_out, args.info_out,
+        params.evaluate,
+        args.model,
+        args.subset,
+        args.metrics_out,
+        args.predictions_out,
+        args.info_out,
         per_class_out=args.per_class_out,
         prepared_dir=args.prepared,
         errors_out=args.errors_out,
@@ -208,8 +188,11 @@ def main() -> None:
     written = [args.metrics_out, args.predictions_out, args.info_out, args.per_class_out, args.errors_out]
     log.info(
         "evaluated %d examples in %.1fs: accuracy %.4f, macro_f1 %.4f, eval_loss %.4f -> %s",
-        metrics["n_eval"], time.perf_counter() - started,
-        metrics["accuracy"], metrics["macro_f1"], metrics["eval_loss"],
+        metrics["n_eval"],
+        time.perf_counter() - started,
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        metrics["eval_loss"],
         ", ".join(str(path) for path in written if path is not None),
     )
 

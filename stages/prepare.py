@@ -1,18 +1,9 @@
 """Stage `prepare`: load the raw reviews, validate them, and write train and test splits.
 
-Params: `data.*`. Output: `<out>/train.parquet` and `<out>/test.parquet`, columns `text` (string)
-and `label` (int64 in `[0, data.num_labels)`).
-
-`data.dataset` picks the source:
-- `synthetic`: the built-in generator (`stages/synthetic.py`), no network needed;
-- a CSV, JSON Lines or Parquet file under `data/raw/`, split into train and test by a seeded,
-  stratified `data.test_size`;
-- a folder under `data/raw/` holding `train.<ext>` and `test.<ext>`;
-- anything else is a Hub dataset id (`yelp_review_full`), pinned by `data.revision`.
-
-Texts are read as written (`NA`, `null` and `123` are reviews); labels must be integers, not booleans.
-A split with one class, or test labels that train lacks, stop the stage; test texts that also appear
-in train are counted (`meta.json`'s `test_texts_in_train`) and logged as a warning.
+Params: `data.*`. Input, by `data.dataset`: `synthetic` (`stages/data/synthetic.py`, no network), a CSV,
+JSON Lines or Parquet file under `data/raw/` (split by a seeded, stratified `data.test_size`), a folder there
+holding `train.<ext>` and `test.<ext>`, or a Hub dataset id pinned by `data.revision`. Output:
+`<out>/{train,test}.parquet` (`text` string, `label` int64 in `[0, data.num_labels)`) and `<out>/meta.json`.
 """
 
 from __future__ import annotations
@@ -30,11 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.model_selection import train_test_split
 
-from stages import hub
-from stages.cli import UserError, run_main
-from stages.outputs import atomic_dir, write_json
-from stages.params import DataParams, load_params
-from stages.synthetic import generate_reviews
+from stages.common import hub
+from stages.common.atomic import atomic_dir, write_json
+from stages.common.errors import UserError, run_main
+from stages.common.params import DataParams, load_params
+from stages.data.synthetic import generate_reviews
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +72,10 @@ def run(params: DataParams, out_dir: Path, raw_dir: Path = RAW_DIR) -> dict[str,
     if leaked:
         log.warning(
             "%d of %d test texts (%.1f%%) also appear verbatim in train: test accuracy overstates accuracy on new "
-            "reviews (leakage); remove them from one split", leaked, n_test, 100 * leaked / n_test,
+            "reviews (leakage); remove them from one split",
+            leaked,
+            n_test,
+            100 * leaked / n_test,
         )
     with atomic_dir(out_dir) as tmp:
         for split, frame in splits.items():
@@ -125,8 +119,12 @@ def _local_path(dataset: str, raw_dir: Path) -> Path | None:
     parts = Path(dataset).parts
     # A Hub id is `name` or `owner/name`; a path has a file suffix, more parts, or a local first folder.
     looks_local = (
-        dataset.startswith((".", "/", "~")) or "\\" in dataset or path.suffix.lower() in READERS or path.exists()
-        or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+        dataset.startswith((".", "/", "~"))
+        or "\\" in dataset
+        or path.suffix.lower() in READERS
+        or path.exists()
+        or len(parts) > 2
+        or (len(parts) == 2 and Path(parts[0]).is_dir())
     )
     if not looks_local:
         return None
@@ -287,7 +285,9 @@ def main() -> None:
     counts = run(params.data, args.out)
     log.info(
         "prepared %s from %r in %.1fs: %s",
-        args.out, params.data.dataset, time.perf_counter() - started,
+        args.out,
+        params.data.dataset,
+        time.perf_counter() - started,
         ", ".join(f"{split} {n:,} rows" for split, n in counts.items()),
     )
 

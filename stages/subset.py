@@ -1,13 +1,8 @@
 """Stage `subset`: seeded shuffle-and-select of the train and eval examples, as the tutorial does.
 
-Params: `subset.*`. Input: `<tokenized>/{train,test}.parquet` and `meta.json`. Output:
-`<out>/train.parquet` (`subset.train_size` rows of the train split) and `<out>/eval.parquet`
-(`subset.eval_size` rows of the test split), each with an `idx` column giving the row's position
-in its split, plus a copy of `meta.json`.
-
-The selection is `numpy.random.default_rng(seed).permutation(n)[:size]`, which is what
-`datasets.Dataset.shuffle(seed=seed).select(range(size))` picks: on the same data, the same
-examples as the tutorial.
+Params: `subset.*`. Input: `<tokenized>/{train,test}.parquet` and `meta.json`. Output: `<out>/train.parquet`
+(`subset.train_size` rows of train) and `<out>/eval.parquet` (`subset.eval_size` rows of test), each with an
+`idx` column (the row's position in its split), and `<out>/meta.json`.
 """
 
 from __future__ import annotations
@@ -23,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.cli import UserError, run_main
-from stages.outputs import atomic_dir, write_json
-from stages.params import SubsetParams, load_params
+from stages.common.atomic import atomic_dir, write_json
+from stages.common.errors import UserError, run_main
+from stages.common.params import SubsetParams, load_params
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +30,7 @@ SUBSETS = {"train": ("train", "train_size"), "eval": ("test", "eval_size")}
 
 def seeded_selection(n_rows: int, size: int, seed: int) -> np.ndarray:
     """Row positions of a seeded shuffle of `n_rows` rows, cut to `size`."""
+    # What `datasets.Dataset.shuffle(seed=seed).select(range(size))` picks: on the same data, the tutorial's examples.
     return np.random.default_rng(seed).permutation(n_rows)[:size]
 
 
@@ -74,7 +70,11 @@ def main() -> None:
     sizes = run(params.subset, args.tokenized, args.out)
     log.info(
         "subset %s in %.1fs: train %s rows, eval %s rows (seed %d)",
-        args.out, time.perf_counter() - started, f"{sizes['train']:,}", f"{sizes['eval']:,}", params.subset.seed,
+        args.out,
+        time.perf_counter() - started,
+        f"{sizes['train']:,}",
+        f"{sizes['eval']:,}",
+        params.subset.seed,
     )
 
 

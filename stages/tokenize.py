@@ -1,25 +1,14 @@
 """Stage `tokenize`: turn every review into token ids with the model's fast tokenizer, once.
 
-Params: `model.*`, `tokenize.*`. Input: `<prepared>/{train,test}.parquet`. Output:
-`<out>/{train,test}.parquet` with `input_ids` (a list of the narrowest unsigned integer type the
-vocabulary fits) and `label`, plus `<out>/meta.json` describing how the ids were made.
-
-Texts are truncated at `tokenize.max_length` but never padded here: padding is a property of the
-batch, added at train time (`dynamic`, to the longest example in the batch) or to `max_length` (the
-tutorial's behaviour). The attention mask and token type ids are all ones and all zeros before
-padding, so storing them would only triple the size; the collator rebuilds them. The full data is
-tokenized once, so changing subset sizes never re-tokenizes.
-
-Batches stream from the input file to the output file, so memory stays flat at any data size. Large
-splits are tokenized by `tokenize.num_proc` worker processes (null: one per core, once a split is
-big enough to repay their start-up); the output is the same bytes whatever the number.
+Params: `model.*`, `tokenize.*`. Input: `<prepared>/{train,test}.parquet`. Output: `<out>/{train,test}.parquet`
+(`input_ids`, in the narrowest unsigned integer type the vocabulary fits, and `label`) and `<out>/meta.json`
+(how the ids were made). Texts are truncated at `tokenize.max_length`, never padded here.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -29,33 +18,25 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from stages import hub
-from stages.cli import UserError, run_main
-from stages.outputs import atomic_dir, write_json
-from stages.params import ModelParams, ParamsError, TokenizeParams, load_params
+from stages.common import hub
+from stages.common.atomic import atomic_dir, write_json
+from stages.common.errors import UserError, run_main
+from stages.common.params import ModelParams, ParamsError, TokenizeParams, load_params
+from stages.data.digest import ContentDigest
+from stages.data.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
-# With num_proc null, a split gets one worker per this many reviews (up to one per core): a worker
-# takes about 2 s to start (importing transformers), which tokenizing 20,000 reviews repays.
+# With num_proc null, a split gets one worker per this many reviews (up to one per core): enough
+# reviews to repay a worker's start-up, which imports transformers (BENCHMARKS.md section 2).
 ROWS_PER_WORKER = 20_000
-
-
-def load_tokenizer(model: ModelParams) -> PreTrainedTokenizerBase:
-    """The fast tokenizer of `model.name`; safetensors-only, remote code only when allowed."""
-    model_dir = hub.model_dir(model)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True, trust_remote_code=model.trust_remote_code)
-    if not tokenizer.is_fast:
-        raise UserError(f"model.name = {model.name!r}: has no fast tokenizer (tokenizer.json); one is required")
-    return tokenizer
 
 
 def model_max_length(model: ModelParams) -> int:
@@ -107,7 +88,7 @@ def run(model: ModelParams, params: TokenizeParams, prepared_dir: Path, out_dir:
         },
     }
     with atomic_dir(out_dir) as tmp:
-        for split in SPLITS:
+        for split in SPLITS:  # whole splits, before subset: changing subset sizes never re-tokenizes
             counts = _tokenize_split(
                 tokenizer, model, params, prepared_dir / f"{split}.parquet", tmp / f"{split}.parquet", ids_type
             )
@@ -115,25 +96,6 @@ def run(model: ModelParams, params: TokenizeParams, prepared_dir: Path, out_dir:
                 meta[key][split] = value
         write_json(tmp / "meta.json", meta)
     return meta
-
-
-class ContentDigest:
-    """What a split's reviews are, independent of the tokenizer: a digest of its texts and labels.
-
-    Separate digests of texts and labels, each fed review by review (a separator after every text),
-    so however the rows are batched the digest is the same.
-    """
-
-    def __init__(self) -> None:
-        self._texts, self._labels = hashlib.sha256(), hashlib.sha256()
-
-    def update(self, texts: list[str], labels: np.ndarray) -> None:
-        if texts:
-            self._texts.update(("\x1e".join(texts) + "\x1e").encode())
-        self._labels.update(np.asarray(labels).astype("<i8").tobytes())
-
-    def hexdigest(self) -> str:
-        return hashlib.sha256(self._texts.digest() + self._labels.digest()).hexdigest()
 
 
 def _recorded_params(prepared_dir: Path) -> dict:
@@ -154,14 +116,17 @@ def _tokenize_split(
         raise UserError(f"{source}: not found; run the prepare stage first (dvc repro prepare)")
     reader = pq.ParquetFile(source)
     num_rows = reader.metadata.num_rows
+    # Any number of workers writes the same bytes: batches come back in input order.
     workers = params.num_proc if params.num_proc is not None else min(os.cpu_count() or 1, num_rows // ROWS_PER_WORKER)
     schema = pa.schema([("input_ids", pa.list_(ids_type)), ("label", pa.int64())])
     rows = tokens = at_max_length = 0
     content = ContentDigest()
+    # Streamed from the input file to the output file, batch by batch: memory stays flat at any data size.
     batches = reader.iter_batches(batch_size=params.batch_size, columns=["text", "label"])
-    with pq.ParquetWriter(target, schema) as writer, tqdm(
-        total=num_rows, desc=f"tokenize {source.stem}", unit="review"
-    ) as progress:
+    with (
+        pq.ParquetWriter(target, schema) as writer,
+        tqdm(total=num_rows, desc=f"tokenize {source.stem}", unit="review") as progress,
+    ):
         for batch, ids in _encoded_batches(batches, tokenizer, model, params, ids_type, workers, content):
             writer.write_table(pa.Table.from_arrays([ids, batch.column("label")], schema=schema))
             lengths = pc.list_value_length(ids)
@@ -186,7 +151,9 @@ def _encoded_batches(batches, tokenizer, model, params, ids_type, workers, conte
         return
     # Spawned, not forked: a forked copy of a process whose tokenizer thread pool has run is unsafe
     # (the tokenizers library then turns its parallelism off to avoid deadlocks).
-    with ProcessPoolExecutor(workers, get_context("spawn"), _start_worker, (model, params.max_length, ids_type)) as pool:
+    with ProcessPoolExecutor(
+        workers, get_context("spawn"), _start_worker, (model, params.max_length, ids_type)
+    ) as pool:
         pending: deque[tuple[pa.RecordBatch, Future]] = deque()
         for batch in batches:
             texts = batch.column("text").to_pylist()
@@ -201,6 +168,8 @@ def _encoded_batches(batches, tokenizer, model, params, ids_type, workers, conte
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, ids_type: pa.DataType) -> pa.Array:
+    # No padding: it belongs to the batch (stages/data/tokenized.py). Unpadded, the attention mask is all ones and
+    # the token type ids all zeros, so storing them would add only constants; the collator rebuilds them.
     encoded = tokenizer(
         texts, truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False
     )["input_ids"]
@@ -231,7 +200,8 @@ def main() -> None:
     meta = run(params.model, params.tokenize, args.prepared, args.out)
     log.info(
         "tokenized %s in %.1fs: %s",
-        args.out, time.perf_counter() - started,
+        args.out,
+        time.perf_counter() - started,
         "; ".join(
             f"{split} {meta['rows'][split]:,} rows, {meta['tokens'][split]:,} tokens, "
             f"{meta['at_max_length'][split]:,} cut at {meta['max_length']}"

@@ -1,17 +1,9 @@
 """Stage `train`: fine-tune the pretrained model on the train subset with the Hugging Face `Trainer`.
 
-Params: `model.*`, `data.num_labels`, `train.*`. Input: `<subset>/train.parquet`,
-`<subset>/eval.parquet`, `<subset>/meta.json`. Outputs: `<model-out>/` (the final model as
-safetensors, with its tokenizer, the params it was trained with and its model card, `README.md`)
-and `<history-out>` (a CSV row per epoch: eval loss and accuracy, as the tutorial reports them).
-
-With `--checkpoints DIR`, an interrupted run resumes from its last checkpoint there when it is rerun
-with the same params, data and code (`stages/checkpoints.py`). With `train.nproc_per_node` or
-`train.nnodes` above 1, the stage relaunches itself under torchrun (`stages/distributed.py`).
-
-Accuracy is computed through the `evaluate` library from the metric module shipped in
-`stages/metric_modules/accuracy`, so it loads with no network. The model card's metrics are the
-Trainer's evaluation after the last epoch, scored as `evaluate` scores them (`stages/scoring.py`).
+Params: `model.*`, `data.num_labels`, `train.*`. Input: `<subset>/{train,eval}.parquet` and `meta.json`.
+Outputs: `<model-out>/` (the final model as safetensors, its tokenizer, the params it was trained with and its
+model card, `README.md`) and `<history-out>` (a CSV row per epoch: eval loss and accuracy, as the tutorial
+reports them); optionally `--checkpoints DIR`, `--environment-out FILE` and `--live DIR` (DVCLive).
 """
 
 from __future__ import annotations
@@ -38,15 +30,17 @@ from transformers import (
     set_seed,
 )
 
-from stages import checkpoints, distributed, hub, model_card, scoring
-from stages.cli import UserError, run_main
-from stages.examples import TokenizedExamples, make_collator, read_meta
-from stages.devices import Device, device_arguments
-from stages.environment import software_environment
-from stages.live import LiveMetrics
-from stages.outputs import atomic_dir, atomic_file, write_json
-from stages.params import ModelParams, TrainParams, load_params
-from stages.tokenize import load_tokenizer
+from stages.common import hub
+from stages.common.atomic import atomic_dir, atomic_file, write_json
+from stages.common.errors import UserError, run_main
+from stages.common.params import ModelParams, TrainParams, load_params
+from stages.data.tokenized import TokenizedExamples, make_collator, read_meta
+from stages.data.tokenizer import load_tokenizer
+from stages.metrics import scoring
+from stages.training import checkpoints, distributed, model_card
+from stages.training.devices import Device, device_arguments
+from stages.training.dvclive_callback import LiveMetrics
+from stages.training.environment import software_environment
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +51,7 @@ ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
 def load_pretrained(model: ModelParams, num_labels: int, attention_dropout: float | None = None) -> PreTrainedModel:
     """The pretrained encoder with a fresh `num_labels`-way classification head (safetensors only).
 
-    A model folder that already holds a classification head is refused, whether it fits `num_labels`
-    (it would be reused, not fresh) or not. `attention_dropout`, unless None, replaces the model
-    config's dropout on attention weights.
+    `attention_dropout`, unless None, replaces the model config's dropout on attention weights.
     """
     model_dir = hub.model_dir(model)
     try:
@@ -84,7 +76,10 @@ def load_pretrained(model: ModelParams, num_labels: int, attention_dropout: floa
         raise
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0]
-        raise UserError(f"model.name = {model.name!r}: cannot load safetensors weights from {model_dir}: {first_line}") from None
+        raise UserError(
+            f"model.name = {model.name!r}: cannot load safetensors weights from {model_dir}: {first_line}"
+        ) from None
+    # A head already there is refused whether it fits `num_labels` (it would be reused, not fresh) or not.
     _refuse_existing_head(classifier, loading, model.name, num_labels)
     return classifier
 
@@ -109,12 +104,6 @@ def _refuse_existing_head(classifier: PreTrainedModel, loading: dict, name: str,
 
 TRAINING_PARAMS_FILE = "training_params.json"
 
-# The code a checkpoint depends on: a change to any of these makes old checkpoints stale.
-CODE_FILES = [
-    Path(__file__).with_name(name)
-    for name in ("train.py", "examples.py", "tokenize.py", "hub.py", "params.py", "devices.py", "scoring.py", "model_card.py", "distributed.py")
-]
-
 
 def run(
     model: ModelParams,
@@ -134,7 +123,9 @@ def run(
     device = Device.detect()
     device_args = device_arguments(params, device)  # a setting this machine lacks stops us here
     if distributed.is_main_process():
-        log.info("training on %s: precision %s, optimizer %s", device.name, precision_name(device_args), device_args["optim"])
+        log.info(
+            "training on %s: precision %s, optimizer %s", device.name, precision_name(device_args), device_args["optim"]
+        )
     meta = read_meta(subset_dir)
     if meta["model"] != model.name or meta["model_revision"] != model.revision:
         raise UserError(
@@ -144,17 +135,19 @@ def run(
     recorded = meta.get("params", {})
     missing = [name for name in ("data", "model", "tokenize", "subset") if name not in recorded]
     if missing:
-        raise UserError(f"{subset_dir / 'meta.json'}: {', '.join(missing)} params not recorded; rerun the pipeline (dvc repro)")
+        raise UserError(
+            f"{subset_dir / 'meta.json'}: {', '.join(missing)} params not recorded; rerun the pipeline (dvc repro)"
+        )
     train_examples = TokenizedExamples(subset_dir / "train.parquet")
     eval_examples = TokenizedExamples(subset_dir / "eval.parquet")
     # Seed before the classification head is initialised, so its weights are reproducible.
     set_seed(params.seed)
     classifier = load_pretrained(model, num_labels, params.attention_dropout)
     tokenizer = load_tokenizer(model)
-    accuracy = scoring.accuracy_metric()
+    accuracy = scoring.accuracy_metric()  # the module shipped in stages/metrics/modules/accuracy: no network
     # Evaluation goes through the examples in length order, so each batch is padded to a length close
-    # to all of its reviews' (2.6x the samples/s at Yelp's lengths); the logits are put back in the
-    # examples' order, the order `evaluate` scores them in.
+    # to all of its reviews' (BENCHMARKS.md section 1); the logits are put back in the examples' order,
+    # the order `evaluate` scores them in.
     eval_order = eval_examples.length_order()
     eval_in_length_order = torch.utils.data.Subset(eval_examples, eval_order.tolist())
     examples_order = np.argsort(eval_order)
@@ -169,6 +162,7 @@ def run(
         return accuracy.compute(predictions=np.argmax(prediction.predictions, axis=-1), references=prediction.label_ids)
 
     resume_from = None
+    # Resumed only by a rerun with the same params, data and code (stages/training/checkpoints.py).
     if checkpoint_dir is not None:
         expected = checkpoint_fingerprint(model, num_labels, params, subset_dir, device_args)
         if distributed.launched():  # the launcher prepared the folder; each process only reads it
@@ -185,6 +179,7 @@ def run(
             args=training_arguments(params, checkpoint_dir or Path(scratch), checkpoint_dir is not None, device_args),
             train_dataset=train_examples,
             eval_dataset=eval_in_length_order,
+            # 8 suits GPU tensor cores, and bounds the number of shapes `torch.compile` sees.
             data_collator=make_collator(tokenizer, meta, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
             processing_class=tokenizer,
             compute_metrics=compute_metrics,
@@ -194,8 +189,11 @@ def run(
         if distributed.is_main_process():
             log.info(
                 "trained on %d examples, %d steps in %.1fs (%.2f samples/s, final training loss %.4f)",
-                len(train_examples), trainer.state.global_step, result.metrics["train_runtime"],
-                result.metrics["train_samples_per_second"], result.training_loss,
+                len(train_examples),
+                trainer.state.global_step,
+                result.metrics["train_runtime"],
+                result.metrics["train_samples_per_second"],
+                result.training_loss,
             )
         # The evaluation after the last epoch is of the final model; a run resumed from its very
         # last checkpoint evaluated nothing in this process, so it predicts once more.
@@ -205,6 +203,7 @@ def run(
     history = epoch_history(trainer.state.log_history)
     if not distributed.is_main_process():
         return history
+    # Scored as the evaluate stage scores metrics.json (stages/metrics/scoring.py): the model card's metrics.
     scores = scoring.score(last_eval["logits"], last_eval["labels"], num_labels)
     environment = software_environment()
     card = model_card.model_card(
@@ -236,16 +235,12 @@ def run(
 
 
 class SequentialEvalTrainer(Trainer):
-    """A `Trainer` that evaluates its eval dataset in the dataset's own order.
-
-    With `group_by_length` the stock one draws eval batches as it draws training batches, sorted only
-    within random groups of `min(n // (4 * batch), 50)` batches: one batch for 300 reviews in batches
-    of 64, so every batch is padded nearly to the longest review. Our eval dataset comes in length
-    order already, and in that order its logits map back to the examples. Several processes each
-    take every Nth batch, and the Trainer gathers them back in order.
-    """
+    """A `Trainer` that evaluates its eval dataset in the dataset's own order (ours: length order)."""
 
     def _get_eval_sampler(self, eval_dataset: torch.utils.data.Dataset) -> torch.utils.data.Sampler:
+        # The stock sampler, with `group_by_length`, sorts eval batches only within random groups of
+        # `min(n // (4 * batch), 50)` batches, so each is padded nearly to the longest review. In order, the
+        # logits map back to the examples; with several processes the Trainer gathers batches back in order.
         return torch.utils.data.SequentialSampler(eval_dataset)
 
 
@@ -261,7 +256,7 @@ def checkpoint_fingerprint(
     return checkpoints.fingerprint(
         params={"model": asdict(model), "num_labels": num_labels, "train": asdict(params), "device": device_args},
         data_files=[subset_dir / "train.parquet", subset_dir / "eval.parquet", subset_dir / "meta.json"],
-        code_files=CODE_FILES,
+        code_files=checkpoints.stage_code_files("train"),  # dvc.yaml's code deps of train
         versions={"torch": torch.__version__, "transformers": transformers.__version__},
     )
 
@@ -273,6 +268,7 @@ def training_arguments(
 
     With `save`, a checkpoint every `train.save_steps` steps (or each epoch) goes to `output_dir`.
     """
+    # Two checkpoints kept, so a complete one survives a kill during the next save.
     if not save:
         save_args = {"save_strategy": "no"}
     elif params.save_steps is None:
@@ -323,17 +319,22 @@ def main() -> None:
     parser.add_argument("--model-out", type=Path, required=True, help="output folder (models/model)")
     parser.add_argument("--history-out", type=Path, required=True, help="per-epoch CSV (reports/train_epochs.csv)")
     parser.add_argument("--checkpoints", type=Path, help="checkpoint folder, to resume an interrupted run")
-    parser.add_argument("--environment-out", type=Path, help="JSON of the software environment (reports/environment.json)")
+    parser.add_argument(
+        "--environment-out", type=Path, help="JSON of the software environment (reports/environment.json)"
+    )
     parser.add_argument("--live", type=Path, help="DVCLive folder for live training metrics (dvclive)")
     args = parser.parse_args()
     params = load_params(args.params)
     started = time.perf_counter()
+    # More than one process: relaunch this stage under torchrun (stages/training/distributed.py).
     if distributed.world_size(params.train) > 1 and not distributed.launched():
         # Checked once here rather than in every process: settings, the batch split, the checkpoints.
         device_args = device_arguments(params.train, Device.detect())
         distributed.per_process_batch_size(params.train)
         if args.checkpoints is not None:
-            expected = checkpoint_fingerprint(params.model, params.data.num_labels, params.train, args.subset, device_args)
+            expected = checkpoint_fingerprint(
+                params.model, params.data.num_labels, params.train, args.subset, device_args
+            )
             checkpoints.prepare(args.checkpoints, expected)
         log.info("launching %d training processes with torchrun", distributed.world_size(params.train))
         status = distributed.launch(params.train, "stages.train", sys.argv[1:])
@@ -342,13 +343,26 @@ def main() -> None:
         log.info("trained %s in %.1fs", args.model_out, time.perf_counter() - started)
         return
     history = run(
-        params.model, params.data.num_labels, params.train, args.subset, args.model_out, args.history_out,
-        args.checkpoints, args.environment_out, args.live,
+        params.model,
+        params.data.num_labels,
+        params.train,
+        args.subset,
+        args.model_out,
+        args.history_out,
+        args.checkpoints,
+        args.environment_out,
+        args.live,
     )
     if not distributed.is_main_process():
         return
     for row in history.itertuples():
-        log.info("epoch %.2f (step %d): eval_loss %.4f, eval_accuracy %.4f", row.epoch, row.step, row.eval_loss, row.eval_accuracy)
+        log.info(
+            "epoch %.2f (step %d): eval_loss %.4f, eval_accuracy %.4f",
+            row.epoch,
+            row.step,
+            row.eval_loss,
+            row.eval_accuracy,
+        )
     log.info("trained %s in %.1fs", args.model_out, time.perf_counter() - started)
 
 

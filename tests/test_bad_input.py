@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForSequenceClassification
 
-from conftest import REPO_ROOT, default_params_dict, merged, stage_env, tiny_overrides
 from stages import prepare, subset, tokenize
-from stages.params import load_params, write_yaml
+from stages.common.params import load_params, with_overrides, write_yaml
+from tests.helpers import REPO_ROOT, default_params_dict, stage_env, tiny_overrides
 
 STAGE_COMMANDS = {
     "prepare": ["--out", "data/prepared"],
@@ -53,100 +53,225 @@ DATA_ADVICE = "expected columns 'text' and 'label'"
 
 
 CASES = [
-    BadInput("misspelled params key", "prepare", {"train": {"learning_rat": 3e-5}},
-             "params.yaml: unknown key 'train.learning_rat' (did you mean 'train.learning_rate'?); train takes: "),
-    BadInput("wrong type", "prepare", {"train": {"batch_size": "eight"}},
-             "params.yaml: train.batch_size = 'eight' has the wrong type; expected an integer >= 1"),
-    BadInput("negative size", "prepare", {"subset": {"train_size": -1}},
-             "params.yaml: subset.train_size = -1 is out of range; expected an integer >= 1"),
-    BadInput("negative learning rate", "prepare", {"train": {"learning_rate": -0.001}},
-             "params.yaml: train.learning_rate = -0.001 is out of range; expected a number >= 0"),
-    BadInput("`max_length` above the model's limit", "tokenize", {"tokenize": {"max_length": 4096}},
-             "tokenize.max_length = 4096 exceeds the limit of model 'models/tiny' (128 positions); "
-             "expected an integer <= 128"),
-    BadInput("unknown dataset id, Hub unreachable", "prepare", {"data": {"dataset": "nobody/no-such-reviews"}},
-             "dataset 'nobody/no-such-reviews' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
-             "forbids a download: connect to the network, pre-download it into the Hugging Face cache "
-             "(HF_HOME), or use a local folder or the packaged default"),
-    BadInput("data file missing", "prepare", {"data": {"dataset": "data/raw/reviews.csv"}},
-             "data/raw/reviews.csv: file not found (data.dataset)"),
-    BadInput("data file empty", "prepare", {"data": {"dataset": "data/raw/reviews.csv"}},
-             "data/raw/reviews.csv: file is empty; expected rows with columns 'text' and 'label'",
-             files={"data/raw/reviews.csv": ""}),
-    BadInput("data file malformed", "prepare", {"data": {"dataset": "data/raw/reviews.jsonl"}},
-             "data/raw/reviews.jsonl: cannot be read as JSONL: ",
-             files={"data/raw/reviews.jsonl": '{"text": "good", "label": 1}\n{"text": "bad", \n'}),
-    BadInput("wrong columns", "prepare", {"data": {"dataset": "data/raw/reviews.csv"}},
-             "data/raw/reviews.csv: missing column 'text' (found: review, label); expected columns 'text' and 'label'",
-             files={"data/raw/reviews.csv": "review,label\ngood,1\n"}),
-    BadInput("label out of range", "prepare", {"data": {"dataset": "data/raw/reviews.csv"}},
-             "data/raw/reviews.csv row 2: label 7 is not an integer in [0, 5) (data.num_labels = 5; 1 such rows)",
-             files={"data/raw/reviews.csv": "text,label\ngood,1\nbad,7\nok,2\n"}),
-    BadInput("model folder missing", "tokenize", {"model": {"name": "models/nowhere"}},
-             "model.name = 'models/nowhere': folder models/nowhere does not exist "
-             "(expected a Hugging Face model folder with config.json)"),
-    BadInput("model folder with no weights", "train", {"model": {"name": "models/no-weights"}},
-             "model.name = 'models/no-weights': cannot load safetensors weights from models/no-weights: ",
-             subset="data/subset-no-weights"),
-    BadInput("weights only as a pickle (`pytorch_model.bin`)", "train", {"model": {"name": "models/pickle-weights"}},
-             "model.name = 'models/pickle-weights': cannot load safetensors weights from models/pickle-weights: ",
-             subset="data/subset-pickle-weights"),
-    BadInput("model that needs `trust_remote_code`", "tokenize", {"model": {"name": "models/custom-code"}},
-             "model.name = 'models/custom-code': needs its own code (config.json's auto_map) to load; "
-             "read that code, then set model.trust_remote_code: true to run it"),
-    BadInput("tokenizer that needs `trust_remote_code`", "tokenize", {"model": {"name": "models/custom-tokenizer"}},
-             "model.name = 'models/custom-tokenizer': its tokenizer needs its own code (tokenizer_config.json's "
-             "auto_map) to load; read that code, then set model.trust_remote_code: true to run it"),
-    BadInput("non-finite number (`.inf`)", "prepare", {"data": {"synthetic_length_scale": float("inf")}},
-             "params.yaml: data.synthetic_length_scale = inf is not a finite number; expected a number > 0"),
-    BadInput("learning rate `.nan`", "prepare", {"train": {"learning_rate": float("nan")}},
-             "params.yaml: train.learning_rate = nan is not a finite number; expected a number >= 0"),
-    BadInput("gate tolerance `.inf`", "prepare",
-             {"gate": {"metrics": {"accuracy": {"direction": "higher", "tolerance": float("inf")}}}},
-             "params.yaml: gate.metrics.accuracy.tolerance = inf is not a finite number; expected a number >= 0"),
-    BadInput("seed beyond what `set_seed` takes", "prepare", {"train": {"seed": 2**32}},
-             f"params.yaml: train.seed = 4294967296 is out of range; expected {SEED_RANGE}"),
-    BadInput("empty `params.yaml`", "prepare", {},
-             "params.yaml: is empty; expected the sections data, model, tokenize, subset, train, evaluate, gate",
-             params_text=""),
-    BadInput("a list instead of a mapping", "prepare", {},
-             "params.yaml: top level must be a mapping of keys to values, got ['data', 'model']",
-             params_text="- data\n- model\n"),
-    BadInput("YAML syntax error", "prepare", {},
-             "params.yaml line 2, column 1: not valid YAML: expected ',' or ']', but got '<stream end>' "
-             "(while parsing a flow sequence)",
-             params_text="train: [unclosed\n"),
-    BadInput("duplicated key", "prepare", {},
-             "params.yaml: key 'epochs' appears twice in one mapping (again at line ",
-             params_text="duplicated"),
-    BadInput("local folder that does not exist", "prepare", {"data": {"dataset": "data/raw/my-data"}},
-             "data.dataset = 'data/raw/my-data': no such file or folder"),
-    BadInput("dataset outside `data/raw/`", "prepare", {"data": {"dataset": "elsewhere/reviews.csv"}},
-             "data.dataset = 'elsewhere/reviews.csv' is outside data/raw/, which DVC tracks as prepare's input, so "
-             "an edit there would rerun nothing; copy it in (cp -r elsewhere/reviews.csv data/raw/) and set "
-             "data.dataset: data/raw/reviews.csv",
-             files={"elsewhere/reviews.csv": "text,label\ngood,4\nbad,0\n"}),
-    BadInput("boolean labels", "prepare", {"data": {"dataset": "data/raw/reviews.csv"}},
-             "data/raw/reviews.csv row 1: label True is a boolean; expected an integer in [0, 5) (4 such rows)",
-             files={"data/raw/reviews.csv": "text,label\ngood,True\nbad,False\nfine,True\nawful,False\n"}),
-    BadInput("a split with a single class", "prepare", {"data": {"dataset": "data/raw/reviews.csv"}},
-             "data/raw/reviews.csv: the train split has a single class (label 4: 8 rows); a classifier needs "
-             "examples of at least 2 labels",
-             files={"data/raw/reviews.csv": "text,label\n" + "".join(f"great {i},4\n" for i in range(10))}),
-    BadInput("test labels missing from train", "prepare", {"data": {"dataset": "data/raw/split"}},
-             "data/raw/split: test labels 2 (1 rows) never occur in train, so the model cannot learn them; "
-             "add train examples of them or drop them from test",
-             files={"data/raw/split/train.csv": "text,label\nbad,0\nfine,1\n",
-                    "data/raw/split/test.csv": "text,label\nawful,0\nok,1\nmeh,2\n"}),
-    BadInput("`data.num_labels` that does not fit the model's head", "train", {"model": {"name": "models/head-3"}},
-             "model.name = 'models/head-3' already has a classification head that does not fit data.num_labels = 5 "
-             "(classifier.bias: [3] in the checkpoint); train fine-tunes a pretrained encoder with a fresh head: "
-             "point model.name at the base model",
-             subset="data/subset-head-3"),
-    BadInput("a model that already has a head of the right size", "train", {"model": {"name": "models/head-5"}},
-             "model.name = 'models/head-5' already has a 5-label classification head, which training would reuse; "
-             "train fine-tunes a pretrained encoder with a fresh head: point model.name at the base model",
-             subset="data/subset-head-5"),
+    BadInput(
+        "misspelled params key",
+        "prepare",
+        {"train": {"learning_rat": 3e-5}},
+        "params.yaml: unknown key 'train.learning_rat' (did you mean 'train.learning_rate'?); train takes: ",
+    ),
+    BadInput(
+        "wrong type",
+        "prepare",
+        {"train": {"batch_size": "eight"}},
+        "params.yaml: train.batch_size = 'eight' has the wrong type; expected an integer >= 1",
+    ),
+    BadInput(
+        "negative size",
+        "prepare",
+        {"subset": {"train_size": -1}},
+        "params.yaml: subset.train_size = -1 is out of range; expected an integer >= 1",
+    ),
+    BadInput(
+        "negative learning rate",
+        "prepare",
+        {"train": {"learning_rate": -0.001}},
+        "params.yaml: train.learning_rate = -0.001 is out of range; expected a number >= 0",
+    ),
+    BadInput(
+        "`max_length` above the model's limit",
+        "tokenize",
+        {"tokenize": {"max_length": 4096}},
+        "tokenize.max_length = 4096 exceeds the limit of model 'models/tiny' (128 positions); "
+        "expected an integer <= 128",
+    ),
+    BadInput(
+        "unknown dataset id, Hub unreachable",
+        "prepare",
+        {"data": {"dataset": "nobody/no-such-reviews"}},
+        "dataset 'nobody/no-such-reviews' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
+        "forbids a download: connect to the network, pre-download it into the Hugging Face cache "
+        "(HF_HOME), or use a local folder or the packaged default",
+    ),
+    BadInput(
+        "data file missing",
+        "prepare",
+        {"data": {"dataset": "data/raw/reviews.csv"}},
+        "data/raw/reviews.csv: file not found (data.dataset)",
+    ),
+    BadInput(
+        "data file empty",
+        "prepare",
+        {"data": {"dataset": "data/raw/reviews.csv"}},
+        "data/raw/reviews.csv: file is empty; expected rows with columns 'text' and 'label'",
+        files={"data/raw/reviews.csv": ""},
+    ),
+    BadInput(
+        "data file malformed",
+        "prepare",
+        {"data": {"dataset": "data/raw/reviews.jsonl"}},
+        "data/raw/reviews.jsonl: cannot be read as JSONL: ",
+        files={"data/raw/reviews.jsonl": '{"text": "good", "label": 1}\n{"text": "bad", \n'},
+    ),
+    BadInput(
+        "wrong columns",
+        "prepare",
+        {"data": {"dataset": "data/raw/reviews.csv"}},
+        "data/raw/reviews.csv: missing column 'text' (found: review, label); expected columns 'text' and 'label'",
+        files={"data/raw/reviews.csv": "review,label\ngood,1\n"},
+    ),
+    BadInput(
+        "label out of range",
+        "prepare",
+        {"data": {"dataset": "data/raw/reviews.csv"}},
+        "data/raw/reviews.csv row 2: label 7 is not an integer in [0, 5) (data.num_labels = 5; 1 such rows)",
+        files={"data/raw/reviews.csv": "text,label\ngood,1\nbad,7\nok,2\n"},
+    ),
+    BadInput(
+        "model folder missing",
+        "tokenize",
+        {"model": {"name": "models/nowhere"}},
+        "model.name = 'models/nowhere': folder models/nowhere does not exist "
+        "(expected a Hugging Face model folder with config.json)",
+    ),
+    BadInput(
+        "model folder with no weights",
+        "train",
+        {"model": {"name": "models/no-weights"}},
+        "model.name = 'models/no-weights': cannot load safetensors weights from models/no-weights: ",
+        subset="data/subset-no-weights",
+    ),
+    BadInput(
+        "weights only as a pickle (`pytorch_model.bin`)",
+        "train",
+        {"model": {"name": "models/pickle-weights"}},
+        "model.name = 'models/pickle-weights': cannot load safetensors weights from models/pickle-weights: ",
+        subset="data/subset-pickle-weights",
+    ),
+    BadInput(
+        "model that needs `trust_remote_code`",
+        "tokenize",
+        {"model": {"name": "models/custom-code"}},
+        "model.name = 'models/custom-code': needs its own code (config.json's auto_map) to load; "
+        "read that code, then set model.trust_remote_code: true to run it",
+    ),
+    BadInput(
+        "tokenizer that needs `trust_remote_code`",
+        "tokenize",
+        {"model": {"name": "models/custom-tokenizer"}},
+        "model.name = 'models/custom-tokenizer': its tokenizer needs its own code (tokenizer_config.json's "
+        "auto_map) to load; read that code, then set model.trust_remote_code: true to run it",
+    ),
+    BadInput(
+        "non-finite number (`.inf`)",
+        "prepare",
+        {"data": {"synthetic_length_scale": float("inf")}},
+        "params.yaml: data.synthetic_length_scale = inf is not a finite number; expected a number > 0",
+    ),
+    BadInput(
+        "learning rate `.nan`",
+        "prepare",
+        {"train": {"learning_rate": float("nan")}},
+        "params.yaml: train.learning_rate = nan is not a finite number; expected a number >= 0",
+    ),
+    BadInput(
+        "gate tolerance `.inf`",
+        "prepare",
+        {"gate": {"metrics": {"accuracy": {"direction": "higher", "tolerance": float("inf")}}}},
+        "params.yaml: gate.metrics.accuracy.tolerance = inf is not a finite number; expected a number >= 0",
+    ),
+    BadInput(
+        "seed beyond what `set_seed` takes",
+        "prepare",
+        {"train": {"seed": 2**32}},
+        f"params.yaml: train.seed = 4294967296 is out of range; expected {SEED_RANGE}",
+    ),
+    BadInput(
+        "empty `params.yaml`",
+        "prepare",
+        {},
+        "params.yaml: is empty; expected the sections data, model, tokenize, subset, train, evaluate, gate",
+        params_text="",
+    ),
+    BadInput(
+        "a list instead of a mapping",
+        "prepare",
+        {},
+        "params.yaml: top level must be a mapping of keys to values, got ['data', 'model']",
+        params_text="- data\n- model\n",
+    ),
+    BadInput(
+        "YAML syntax error",
+        "prepare",
+        {},
+        "params.yaml line 2, column 1: not valid YAML: expected ',' or ']', but got '<stream end>' "
+        "(while parsing a flow sequence)",
+        params_text="train: [unclosed\n",
+    ),
+    BadInput(
+        "duplicated key",
+        "prepare",
+        {},
+        "params.yaml: key 'epochs' appears twice in one mapping (again at line ",
+        params_text="duplicated",
+    ),
+    BadInput(
+        "local folder that does not exist",
+        "prepare",
+        {"data": {"dataset": "data/raw/my-data"}},
+        "data.dataset = 'data/raw/my-data': no such file or folder",
+    ),
+    BadInput(
+        "dataset outside `data/raw/`",
+        "prepare",
+        {"data": {"dataset": "elsewhere/reviews.csv"}},
+        "data.dataset = 'elsewhere/reviews.csv' is outside data/raw/, which DVC tracks as prepare's input, so "
+        "an edit there would rerun nothing; copy it in (cp -r elsewhere/reviews.csv data/raw/) and set "
+        "data.dataset: data/raw/reviews.csv",
+        files={"elsewhere/reviews.csv": "text,label\ngood,4\nbad,0\n"},
+    ),
+    BadInput(
+        "boolean labels",
+        "prepare",
+        {"data": {"dataset": "data/raw/reviews.csv"}},
+        "data/raw/reviews.csv row 1: label True is a boolean; expected an integer in [0, 5) (4 such rows)",
+        files={"data/raw/reviews.csv": "text,label\ngood,True\nbad,False\nfine,True\nawful,False\n"},
+    ),
+    BadInput(
+        "a split with a single class",
+        "prepare",
+        {"data": {"dataset": "data/raw/reviews.csv"}},
+        "data/raw/reviews.csv: the train split has a single class (label 4: 8 rows); a classifier needs "
+        "examples of at least 2 labels",
+        files={"data/raw/reviews.csv": "text,label\n" + "".join(f"great {i},4\n" for i in range(10))},
+    ),
+    BadInput(
+        "test labels missing from train",
+        "prepare",
+        {"data": {"dataset": "data/raw/split"}},
+        "data/raw/split: test labels 2 (1 rows) never occur in train, so the model cannot learn them; "
+        "add train examples of them or drop them from test",
+        files={
+            "data/raw/split/train.csv": "text,label\nbad,0\nfine,1\n",
+            "data/raw/split/test.csv": "text,label\nawful,0\nok,1\nmeh,2\n",
+        },
+    ),
+    BadInput(
+        "`data.num_labels` that does not fit the model's head",
+        "train",
+        {"model": {"name": "models/head-3"}},
+        "model.name = 'models/head-3' already has a classification head that does not fit data.num_labels = 5 "
+        "(classifier.bias: [3] in the checkpoint); train fine-tunes a pretrained encoder with a fresh head: "
+        "point model.name at the base model",
+        subset="data/subset-head-3",
+    ),
+    BadInput(
+        "a model that already has a head of the right size",
+        "train",
+        {"model": {"name": "models/head-5"}},
+        "model.name = 'models/head-5' already has a 5-label classification head, which training would reuse; "
+        "train fine-tunes a pretrained encoder with a fresh head: point model.name at the base model",
+        subset="data/subset-head-5",
+    ),
 ]
 
 
@@ -163,30 +288,61 @@ class AcceptedInput:
 
 # Texts that pandas would read as missing values, numbers or booleans.
 LOOKALIKES = [
-    "NA", "N/A", "n/a", "null", "NULL", "None", "none", "nan", "NaN", "123", "007", "-1", "3.5", "1e5", "true", "False",
+    "NA",
+    "N/A",
+    "n/a",
+    "null",
+    "NULL",
+    "None",
+    "none",
+    "nan",
+    "NaN",
+    "123",
+    "007",
+    "-1",
+    "3.5",
+    "1e5",
+    "true",
+    "False",
 ]
 
 ACCEPTED = [
-    AcceptedInput("texts such as `NA`, `null`, `None`, `nan`, `123` or `true` (JSONL)", "read as the reviews they are",
-                  {"data/raw/reviews.jsonl": "".join(
-                      f'{{"text": "{text}", "label": {i % 2}}}\n'
-                      for i, text in enumerate(LOOKALIKES))},
-                  sorted(LOOKALIKES)),
-    AcceptedInput("texts such as `NA`, `null`, `None`, `nan`, `123` or `true` (CSV)", "read as the reviews they are",
-                  {"data/raw/reviews.csv": "text,label\n" + "".join(
-                      f"{text},{i % 2}\n"
-                      for i, text in enumerate(LOOKALIKES))},
-                  sorted(LOOKALIKES)),
-    AcceptedInput("UTF-8 byte-order mark in CSV or JSONL", "ignored, as the encoding mark it is",
-                  {"data/raw/bom/train.csv": "\ufefftext,label\ngood,1\nbad,0\n",
-                   "data/raw/bom/test.jsonl": '\ufeff{"text": "fine", "label": 1}\n{"text": "awful", "label": 0}\n'},
-                  ["awful", "bad", "fine", "good"]),
-    AcceptedInput("the same text in train and test (leakage)", "`WARNING stages.prepare: 1 of 2 test texts (50.0%) "
-                  "also appear verbatim in train: …`; the count is in `data/prepared/meta.json`",
-                  {"data/raw/leak/train.csv": "text,label\ngood,1\nbad,0\n",
-                   "data/raw/leak/test.csv": "text,label\ngood,1\nawful,0\n"},
-                  ["awful", "bad", "good", "good"],
-                  warning="WARNING stages.prepare: 1 of 2 test texts (50.0%) also appear verbatim in train: "),
+    AcceptedInput(
+        "texts such as `NA`, `null`, `None`, `nan`, `123` or `true` (JSONL)",
+        "read as the reviews they are",
+        {
+            "data/raw/reviews.jsonl": "".join(
+                f'{{"text": "{text}", "label": {i % 2}}}\n' for i, text in enumerate(LOOKALIKES)
+            )
+        },
+        sorted(LOOKALIKES),
+    ),
+    AcceptedInput(
+        "texts such as `NA`, `null`, `None`, `nan`, `123` or `true` (CSV)",
+        "read as the reviews they are",
+        {"data/raw/reviews.csv": "text,label\n" + "".join(f"{text},{i % 2}\n" for i, text in enumerate(LOOKALIKES))},
+        sorted(LOOKALIKES),
+    ),
+    AcceptedInput(
+        "UTF-8 byte-order mark in CSV or JSONL",
+        "ignored, as the encoding mark it is",
+        {
+            "data/raw/bom/train.csv": "\ufefftext,label\ngood,1\nbad,0\n",
+            "data/raw/bom/test.jsonl": '\ufeff{"text": "fine", "label": 1}\n{"text": "awful", "label": 0}\n',
+        },
+        ["awful", "bad", "fine", "good"],
+    ),
+    AcceptedInput(
+        "the same text in train and test (leakage)",
+        "`WARNING stages.prepare: 1 of 2 test texts (50.0%) "
+        "also appear verbatim in train: …`; the count is in `data/prepared/meta.json`",
+        {
+            "data/raw/leak/train.csv": "text,label\ngood,1\nbad,0\n",
+            "data/raw/leak/test.csv": "text,label\ngood,1\nawful,0\n",
+        },
+        ["awful", "bad", "good", "good"],
+        warning="WARNING stages.prepare: 1 of 2 test texts (50.0%) also appear verbatim in train: ",
+    ),
 ]
 
 
@@ -236,13 +392,14 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
 def tiny_params_dict(model_name: str) -> dict:
     overrides = tiny_overrides(Path(model_name))
     overrides["model"]["name"] = model_name
-    return merged(default_params_dict(), overrides)
+    return with_overrides(default_params_dict(), overrides)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case.what for case in CASES])
 def test_bad_input_fails_fast_with_one_clear_line(workspace: Path, case: BadInput) -> None:
     params = tiny_params_dict("models/tiny")
@@ -261,9 +418,17 @@ def test_bad_input_fails_fast_with_one_clear_line(workspace: Path, case: BadInpu
     try:
         started = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, "-m", f"stages.{case.stage}",
-             *[case.subset if arg == "data/subset" else arg for arg in STAGE_COMMANDS[case.stage]]],
-            cwd=workspace, env=stage_env(), capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                f"stages.{case.stage}",
+                *[case.subset if arg == "data/subset" else arg for arg in STAGE_COMMANDS[case.stage]],
+            ],
+            cwd=workspace,
+            env=stage_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         elapsed = time.perf_counter() - started
     finally:
@@ -286,6 +451,7 @@ def remove_files(workspace: Path, files: dict[str, str]) -> None:
             folder.rmdir()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ACCEPTED, ids=[case.what for case in ACCEPTED])
 def test_data_that_once_failed_now_runs_as_written(workspace: Path, case: AcceptedInput) -> None:
     for name, text in case.files.items():
@@ -299,7 +465,11 @@ def test_data_that_once_failed_now_runs_as_written(workspace: Path, case: Accept
     try:
         result = subprocess.run(
             [sys.executable, "-m", "stages.prepare", "--out", str(out.relative_to(workspace))],
-            cwd=workspace, env=stage_env(), capture_output=True, text=True, timeout=120,
+            cwd=workspace,
+            env=stage_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     finally:
         remove_files(workspace, case.files)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from bench import gate_errors
-from conftest import REPO_ROOT
+import pytest
 
-from stages.params import load_params, read_yaml
+from bench import gate_errors
+from stages.common.params import load_params, read_yaml
+from tests.helpers import REPO_ROOT
 
 N = 500
 
@@ -16,13 +17,19 @@ N = 500
 def stored_run(correct: np.ndarray, labels: np.ndarray) -> dict:
     prediction = np.where(correct, labels, (labels + 1) % 5)
     return {
-        "metrics": {"accuracy": float(correct.mean()), "macro_f1": float(correct.mean()),
-                    "eval_loss": float(np.where(correct, 0.5, 1.5).mean()), "n_eval": N},
-        "prediction": prediction.tolist(), "loss": np.where(correct, 0.5, 1.5).tolist(),
+        "metrics": {
+            "accuracy": float(correct.mean()),
+            "macro_f1": float(correct.mean()),
+            "eval_loss": float(np.where(correct, 0.5, 1.5).mean()),
+            "n_eval": N,
+        },
+        "prediction": prediction.tolist(),
+        "loss": np.where(correct, 0.5, 1.5).tolist(),
         "wall_s": {"train": 1.0, "evaluate": 1.0},
     }
 
 
+@pytest.mark.slow
 def test_the_simulated_check_passes_seed_noise_and_fails_a_large_drop() -> None:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, size=N)
@@ -37,8 +44,11 @@ def test_the_simulated_check_passes_seed_noise_and_fails_a_large_drop() -> None:
         hurt[str(seed)] = stored_run(worse, labels)
     stored = {
         "runs": {"base": base, "hurt": hurt},
-        "eval": {"idx": list(range(N)), "label": labels.tolist(),
-                 "info": {"profile": "smoke", "n_eval": N, "eval_fingerprint": "f" * 64}},
+        "eval": {
+            "idx": list(range(N)),
+            "label": labels.tolist(),
+            "info": {"profile": "smoke", "n_eval": N, "eval_fingerprint": "f" * 64},
+        },
         "params": read_yaml((REPO_ROOT / "params.yaml").read_text(), "params.yaml"),
     }
     rules = load_params(REPO_ROOT / "params.yaml").gate

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages import prepare, subset, tokenize, train
-from stages.devices import Device, cpu_has_native_bf16, device_arguments
-from stages.params import Params, ParamsError, TrainParams
+from stages import train
+from stages.common.params import Params, ParamsError, TrainParams
+from stages.training.devices import Device, cpu_has_native_bf16, device_arguments
 
 CPU = Device(cuda=False, bf16=False, tf32=False, name="cpu")
 CPU_BF16 = Device(cuda=False, bf16=True, tf32=False, name="cpu with bf16")  # AVX512-BF16 or AMX
@@ -22,14 +22,22 @@ MPS = Device(cuda=False, bf16=False, tf32=False, name="mps", mps=True)
 def auto(tiny_params: Params) -> TrainParams:
     """The train params with every device setting `auto`, as in params.yaml (the tiny ones pin fp32)."""
     return dataclasses.replace(tiny_params.train, precision="auto")
+
+
 H100 = Device(cuda=True, bf16=True, tf32=True, name="NVIDIA H100")
 T4 = Device(cuda=True, bf16=False, tf32=False, name="Tesla T4")
 
 
 def test_auto_on_a_cpu_is_fp32_with_fused_adamw(auto: TrainParams) -> None:
     assert device_arguments(auto, CPU) == {
-        "bf16": False, "fp16": False, "tf32": None, "optim": "adamw_torch_fused",
-        "dataloader_num_workers": 0, "dataloader_pin_memory": False, "torch_compile": False, "use_cpu": True,
+        "bf16": False,
+        "fp16": False,
+        "tf32": None,
+        "optim": "adamw_torch_fused",
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": False,
+        "torch_compile": False,
+        "use_cpu": True,
     }
 
 
@@ -49,8 +57,14 @@ def test_the_cpu_bf16_check_matches_torch(auto: TrainParams) -> None:
 
 def test_auto_picks_bf16_tf32_and_fused_adamw_on_a_recent_gpu(auto: TrainParams) -> None:
     assert device_arguments(auto, H100) == {
-        "bf16": True, "fp16": False, "tf32": True, "optim": "adamw_torch_fused",
-        "dataloader_num_workers": 4, "dataloader_pin_memory": True, "torch_compile": False, "use_cpu": False,
+        "bf16": True,
+        "fp16": False,
+        "tf32": True,
+        "optim": "adamw_torch_fused",
+        "dataloader_num_workers": 4,
+        "dataloader_pin_memory": True,
+        "torch_compile": False,
+        "use_cpu": False,
     }
 
 
@@ -68,20 +82,31 @@ def test_auto_falls_back_to_fp16_without_bf16(auto: TrainParams) -> None:
         ({"tf32": "on"}, T4, "train.tf32 = 'on': Tesla T4 has no TF32 matmuls"),
     ],
 )
-def test_a_setting_the_machine_cannot_honour_is_named(tiny_params: Params, setting: dict, device: Device, message: str) -> None:
+def test_a_setting_the_machine_cannot_honour_is_named(
+    tiny_params: Params, setting: dict, device: Device, message: str
+) -> None:
     with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         device_arguments(dataclasses.replace(tiny_params.train, **setting), device)
 
 
 def test_overrides_win_over_auto(tiny_params: Params) -> None:
-    params = dataclasses.replace(tiny_params.train, precision="fp32", tf32="off", optimizer="adamw_torch", dataloader_workers=1)
+    params = dataclasses.replace(
+        tiny_params.train, precision="fp32", tf32="off", optimizer="adamw_torch", dataloader_workers=1
+    )
     args = device_arguments(params, H100)
     assert (args["bf16"], args["fp16"], args["tf32"], args["optim"], args["dataloader_num_workers"]) == (
-        False, False, False, "adamw_torch", 1,
+        False,
+        False,
+        False,
+        "adamw_torch",
+        1,
     )
 
 
-def test_cpu_valid_settings_train_for_real(tiny_params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+def test_cpu_valid_settings_train_for_real(
+    tiny_params: Params, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """bf16 autocast, fused AdamW, two loader workers and torch.compile all run on a CPU.
 
     torch.compile traces the model for real (TorchDynamo), but with the `eager` backend: inductor's
@@ -91,18 +116,23 @@ def test_cpu_valid_settings_train_for_real(tiny_params: Params, tmp_path: Path, 
     monkeypatch.setattr(
         train, "device_arguments", lambda *a: {**real_device_arguments(*a), "torch_compile_backend": "eager"}
     )
-    prepare.run(tiny_params.data, tmp_path / "prepared")
-    tokenize.run(tiny_params.model, tiny_params.tokenize, tmp_path / "prepared", tmp_path / "tokenized")
-    subset.run(tiny_params.subset, tmp_path / "tokenized", tmp_path / "subset")
     params = dataclasses.replace(
-        tiny_params.train, precision="bf16", optimizer="adamw_torch_fused", dataloader_workers=2, torch_compile=True,
+        tiny_params.train,
+        precision="bf16",
+        optimizer="adamw_torch_fused",
+        dataloader_workers=2,
+        torch_compile=True,
     )
     args = train.training_arguments(params, tmp_path / "out")
     assert (args.bf16, args.optim, args.dataloader_num_workers, args.torch_compile, args.use_cpu) == (
-        True, "adamw_torch_fused", 2, True, True,
+        True,
+        "adamw_torch_fused",
+        2,
+        True,
+        True,
     )
     started = time.perf_counter()
-    history = train.run(tiny_params.model, 5, params, tmp_path / "subset", tmp_path / "model", tmp_path / "epochs.csv")
+    history = train.run(tiny_params.model, 5, params, tiny_data / "subset", tmp_path / "model", tmp_path / "epochs.csv")
     assert list(history["epoch"]) == [1.0]
     assert 0.0 <= history["eval_accuracy"].iloc[0] <= 1.0
     print(f"bf16 + fused AdamW + 2 workers + torch.compile on CPU: {time.perf_counter() - started:.1f}s")

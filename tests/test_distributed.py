@@ -11,28 +11,42 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import run_cmd, set_params
-from stages import distributed
-from stages.params import ParamsError, Params
+from stages.common.params import Params, ParamsError
+from stages.training import distributed
+from tests.helpers import run_cmd, set_params
 
 
 def test_batch_size_is_split_over_the_processes(tiny_params: Params) -> None:
     two = dataclasses.replace(tiny_params.train, batch_size=16, nproc_per_node=2)
     assert distributed.world_size(two) == 2 and distributed.per_process_batch_size(two) == 8
     uneven = dataclasses.replace(two, batch_size=15)
-    with pytest.raises(ParamsError, match=r"train.batch_size = 15 cannot be split evenly over 2 processes .*expected a multiple of 2"):
+    with pytest.raises(
+        ParamsError, match=r"train.batch_size = 15 cannot be split evenly over 2 processes .*expected a multiple of 2"
+    ):
         distributed.per_process_batch_size(uneven)
 
 
 def test_torchrun_command_on_one_machine_and_on_several(tiny_params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
     one = dataclasses.replace(tiny_params.train, nproc_per_node=4)
     assert distributed.torchrun_command(one, "stages.train", ["--subset", "s"]) == [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "-m", "stages.train", "--subset", "s",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=4",
+        "--standalone",
+        "-m",
+        "stages.train",
+        "--subset",
+        "s",
     ]
     several = dataclasses.replace(one, nnodes=2, master_addr="10.0.0.1", master_port=29400)
     monkeypatch.setenv("NODE_RANK", "1")
     assert distributed.torchrun_command(several, "stages.train", [])[3:8] == [
-        "--nproc-per-node=4", "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29400",
+        "--nproc-per-node=4",
+        "--nnodes=2",
+        "--node-rank=1",
+        "--master-addr=10.0.0.1",
+        "--master-port=29400",
     ]
     monkeypatch.setenv("NODE_RANK", "2")
     with pytest.raises(ParamsError, match="NODE_RANK = 2 but train.nnodes = 2"):

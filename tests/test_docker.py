@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, new_project, run_cmd, tiny_overrides
+from tests.helpers import REPO_ROOT, new_project, run_cmd, tiny_overrides
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 IMAGE = os.environ.get("DOCKER_TEST_IMAGE", "yelp-finetune:test")
@@ -46,7 +46,9 @@ def _run(args: list[str], timeout: float, **kwargs) -> subprocess.CompletedProce
 
 
 def _failed(result: subprocess.CompletedProcess, what: str) -> str:
-    return f"{what} exited {result.returncode}\n--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
+    return (
+        f"{what} exited {result.returncode}\n--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
+    )
 
 
 # ---- hadolint ----------------------------------------------------------------------------------------
@@ -85,9 +87,7 @@ def _engine_or_skip() -> str:
         pytest.skip(f"no Docker engine: `docker version` timed out (DOCKER_HOST={os.environ.get('DOCKER_HOST')})")
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.skip(
-            f"no Docker engine answers (DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')}): {reason}"
-        )
+        pytest.skip(f"no Docker engine answers (DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')}): {reason}")
     return docker
 
 
@@ -133,7 +133,10 @@ def _ensure_wheelhouse() -> tuple[Path, float]:
     wheelhouse.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheelhouse)]
     # setuptools: the project's build backend (`pip install -e .` in the image); pip: the image pins it.
-    for args in (["-r", str(requirements[0]), "setuptools>=68", "pip==26.3"], ["--no-deps", "-r", str(requirements[1])]):
+    for args in (
+        ["-r", str(requirements[0]), "setuptools>=68", "pip==26.3"],
+        ["--no-deps", "-r", str(requirements[1])],
+    ):
         result = _run([*pip, *args], timeout=1800)
         assert result.returncode == 0, _failed(result, "pip wheel (the test's wheelhouse)")
     stamp.write_text(key)
@@ -161,9 +164,18 @@ def _build(docker: str, wheelhouse: Path) -> tuple[float, str]:
     try:
         result = _run(
             [
-                docker, "build", "--network", "host", "--tag", IMAGE,
-                "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-                "--build-arg", "PIP_NO_INDEX=1", "--build-arg", f"PIP_FIND_LINKS={url}",
+                docker,
+                "build",
+                "--network",
+                "host",
+                "--tag",
+                IMAGE,
+                "--build-arg",
+                f"BASE_IMAGE={BASE_IMAGE}",
+                "--build-arg",
+                "PIP_NO_INDEX=1",
+                "--build-arg",
+                f"PIP_FIND_LINKS={url}",
                 str(REPO_ROOT),
             ],
             timeout=2400,
@@ -218,9 +230,21 @@ def test_image_builds_and_runs_the_pipeline_as_the_invoking_user(tmp_path: Path,
     assert not [name for name in env if "TOKEN" in name or "SECRET" in name or name.startswith("PIP_")], env
     assert config["Cmd"] == ["dvc", "repro"]
     leftovers = _run(
-        [docker, "run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "/bin/sh", IMAGE, "-c",
-         "for tool in gcc cc g++ make; do command -v $tool; done; "
-         "ls -d /root/.cache/pip /home/app/.cache/pip /tmp/requirements 2>/dev/null; true"],
+        [
+            docker,
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            "0",
+            "--entrypoint",
+            "/bin/sh",
+            IMAGE,
+            "-c",
+            "for tool in gcc cc g++ make; do command -v $tool; done; "
+            "ls -d /root/.cache/pip /home/app/.cache/pip /tmp/requirements 2>/dev/null; true",
+        ],
         timeout=120,
     )
     assert leftovers.returncode == 0 and leftovers.stdout.strip() == "", _failed(leftovers, "leftovers check")
@@ -238,9 +262,23 @@ def test_image_builds_and_runs_the_pipeline_as_the_invoking_user(tmp_path: Path,
         started = time.monotonic()
         result = _run(
             [
-                docker, "run", "--rm", "--network", "none", "--user", f"{uid}:{gid}", "-e", "HF_HUB_OFFLINE=1",
-                "-v", f"{repo}:/work", "-v", f"{dvc_cache}:/cache/dvc", "-v", f"{hf_cache}:/cache/huggingface",
-                IMAGE, *command,
+                docker,
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--user",
+                f"{uid}:{gid}",
+                "-e",
+                "HF_HUB_OFFLINE=1",
+                "-v",
+                f"{repo}:/work",
+                "-v",
+                f"{dvc_cache}:/cache/dvc",
+                "-v",
+                f"{hf_cache}:/cache/huggingface",
+                IMAGE,
+                *command,
             ],
             timeout=900,
         )

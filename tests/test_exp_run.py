@@ -1,7 +1,7 @@
 """`dvc exp run -S KEY=VALUE` as users type it: each value runs as meant, or stops with one line.
 
 DVC parses each value with Hydra's override grammar and writes params.yaml as YAML 1.2; the stages
-read it back with `stages.params.read_yaml`. These tests go through all three, in the workspace and
+read it back with `stages.common.params.read_yaml`. These tests go through all three, in the workspace and
 through `dvc exp run --queue` + `dvc queue start`, and read the result back from `dvc exp show`.
 The README's own `dvc exp run -S train.learning_rate=3e-5` is in `test_pipeline`, after `dvc repro`.
 """
@@ -15,17 +15,34 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import new_project, run_cmd, tiny_overrides
+
+from tests.helpers import new_project, run_cmd, tiny_overrides
 
 SEED_RANGE = "an integer >= 0 and <= 4294967295"
 
 # Values of every shape, in one queued experiment that runs: the `-S` arguments, then the params that
 # `dvc exp show` must show (value and type).
 QUEUED_RUN = (
-    ["train.learning_rate=1e-3", "train.weight_decay=5E-5", "train.warmup_ratio=.5", "train.logging_steps=1_000",
-     "train.max_steps=null", "train.tf32=off", "train.group_by_length=true", "train.epochs=1.0"],
-    {"learning_rate": 1e-3, "weight_decay": 5e-5, "warmup_ratio": 0.5, "logging_steps": 1000, "max_steps": None,
-     "tf32": "off", "group_by_length": True, "epochs": 1.0},
+    [
+        "train.learning_rate=1e-3",
+        "train.weight_decay=5E-5",
+        "train.warmup_ratio=.5",
+        "train.logging_steps=1_000",
+        "train.max_steps=null",
+        "train.tf32=off",
+        "train.group_by_length=true",
+        "train.epochs=1.0",
+    ],
+    {
+        "learning_rate": 1e-3,
+        "weight_decay": 5e-5,
+        "warmup_ratio": 0.5,
+        "logging_steps": 1000,
+        "max_steps": None,
+        "tf32": "off",
+        "group_by_length": True,
+        "epochs": 1.0,
+    },
 )
 
 # Values that stop, and the start of the line the user sees. The project has no outputs yet, so
@@ -33,16 +50,25 @@ QUEUED_RUN = (
 FAILS = [
     ('train.seed="42"', f"params.yaml: train.seed = '42' has the wrong type; expected {SEED_RANGE}"),
     ("train.learning_rate=-1e-5", "params.yaml: train.learning_rate = -1e-05 is out of range; expected a number >= 0"),
-    ("train.learning_rate=inf", "params.yaml: train.learning_rate = inf is not a finite number; expected a number >= 0"),
-    ("data.synthetic_length_scale=nan",
-     "params.yaml: data.synthetic_length_scale = nan is not a finite number; expected a number > 0"),
+    (
+        "train.learning_rate=inf",
+        "params.yaml: train.learning_rate = inf is not a finite number; expected a number >= 0",
+    ),
+    (
+        "data.synthetic_length_scale=nan",
+        "params.yaml: data.synthetic_length_scale = nan is not a finite number; expected a number > 0",
+    ),
     ("subset.seed=null", f"params.yaml: subset.seed is null; expected {SEED_RANGE}"),
     ("train.seed=4294967296", f"params.yaml: train.seed = 4294967296 is out of range; expected {SEED_RANGE}"),
-    ("train.group_by_length=off",
-     "params.yaml: train.group_by_length = 'off' has the wrong type; expected true or false"),
+    (
+        "train.group_by_length=off",
+        "params.yaml: train.group_by_length = 'off' has the wrong type; expected true or false",
+    ),
     ("train.batch_size=[8,16]", "params.yaml: train.batch_size = [8, 16] has the wrong type; expected an integer >= 1"),
-    ("train.batch_size={per_device:8}",
-     "params.yaml: train.batch_size = {'per_device': 8} has the wrong type; expected an integer >= 1"),
+    (
+        "train.batch_size={per_device:8}",
+        "params.yaml: train.batch_size = {'per_device': 8} has the wrong type; expected an integer >= 1",
+    ),
 ]
 # Through the queue: `on` arrives as the string it is (YAML 1.1 would make it true), and the train
 # stage refuses it on a CPU, by name.
@@ -62,8 +88,7 @@ def shown_experiments(repo: Path) -> dict[str, dict]:
     """`dvc exp show --json`, as {experiment name: its revision (data, error)}."""
     shown = json.loads(run_cmd(["dvc", "exp", "show", "--json"], repo).stdout)
     return {
-        exp["name"]: exp["revs"][0]
-        for entry in shown for exp in (entry.get("experiments") or []) if exp.get("name")
+        exp["name"]: exp["revs"][0] for entry in shown for exp in (entry.get("experiments") or []) if exp.get("name")
     }
 
 

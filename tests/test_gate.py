@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from conftest import REPO_ROOT, run_cmd
-from stages import gate
-from stages.params import load_params
+from stages.common.params import load_params
+from stages.gate import compare
+from tests.helpers import REPO_ROOT, run_cmd
 
 N = 1000
 GATE = load_params(REPO_ROOT / "params.yaml").gate
@@ -35,14 +35,19 @@ def write_run(
     predictions = np.where(correct, labels, (labels + 1) % 5)
     loss = np.where(correct, 0.5, 1.5)
     (folder / "reports").mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame({"idx": np.arange(len(correct)), "label": labels, "prediction": predictions,
-                          "confidence": 0.5, "loss": loss})
+    frame = pd.DataFrame(
+        {"idx": np.arange(len(correct)), "label": labels, "prediction": predictions, "confidence": 0.5, "loss": loss}
+    )
     if with_predictions:
         frame.to_csv(folder / "reports" / "predictions.csv", index=False)
     from sklearn.metrics import f1_score
 
-    metrics = {"accuracy": float(correct.mean()), "macro_f1": float(f1_score(labels, predictions, average="macro")),
-               "eval_loss": float(loss.mean()), "n_eval": len(correct)}
+    metrics = {
+        "accuracy": float(correct.mean()),
+        "macro_f1": float(f1_score(labels, predictions, average="macro")),
+        "eval_loss": float(loss.mean()),
+        "n_eval": len(correct),
+    }
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "reports" / "eval_info.json").write_text(
         json.dumps({"profile": profile, "n_eval": len(correct), "eval_fingerprint": fingerprint})
@@ -68,12 +73,13 @@ def flipped(correct: np.ndarray, to_wrong: int, to_right: int) -> np.ndarray:
 def judge(tmp_path: Path, candidate: np.ndarray, **kwargs) -> tuple[int, str]:
     base = write_run(tmp_path / "base", base_correct())
     cand = write_run(tmp_path / "cand", candidate, **kwargs)
-    return gate.run(GATE, None, base, cand)
+    status, _, report = compare.judge(GATE, None, base, cand)
+    return status, report
 
 
 def test_clear_regression_fails(tmp_path: Path) -> None:
     status, report = judge(tmp_path, flipped(base_correct(), to_wrong=150, to_right=0))
-    assert status == gate.REGRESSION
+    assert status == compare.REGRESSION
     assert "## Metric gate: FAIL: regression" in report
     assert "| accuracy | 0.6000 | 0.4500 | -0.1500 |" in report
     assert "McNemar p=" in report and "**regression**" in report
@@ -83,7 +89,7 @@ def test_drop_within_noise_passes_and_says_so(tmp_path: Path) -> None:
     # 15 fewer right answers out of 1,000, with 119 examples changing: beyond the 0.01 tolerance,
     # but the paired interval includes zero.
     status, report = judge(tmp_path, flipped(base_correct(), to_wrong=67, to_right=52))
-    assert status == gate.PASS, report
+    assert status == compare.PASS, report
     assert "| accuracy | 0.6000 | 0.5850 | -0.0150 |" in report
     assert "pass (within noise)" in report
     assert "within the noise (not significant)" in report
@@ -92,7 +98,7 @@ def test_drop_within_noise_passes_and_says_so(tmp_path: Path) -> None:
 def test_same_drop_with_few_changed_examples_is_significant(tmp_path: Path) -> None:
     # The same -0.015, but every change goes one way: the paired test sees it is real.
     status, report = judge(tmp_path, flipped(base_correct(), to_wrong=15, to_right=0))
-    assert status == gate.REGRESSION, report
+    assert status == compare.REGRESSION, report
 
 
 def test_the_report_states_the_smallest_drop_the_test_catches(tmp_path: Path) -> None:
@@ -100,15 +106,15 @@ def test_the_report_states_the_smallest_drop_the_test_catches(tmp_path: Path) ->
     # difference sqrt(2 * 0.6 * 0.4 / 1000) = 0.0219; caught 80% of the time from (1.96 + 0.84) * 0.0219.
     base = write_run(tmp_path / "base", base_correct(), with_predictions=False)
     cand = write_run(tmp_path / "cand", base_correct(), with_predictions=False)
-    status, report = gate.run(GATE, None, base, cand)
-    assert status == gate.PASS
+    status, _, report = compare.judge(GATE, None, base, cand)
+    assert status == compare.PASS
     row = next(line for line in report.splitlines() if line.startswith("| accuracy |"))
     assert row.endswith("| pass | 0.0614 |"), row
     assert "| drop caught 80% of the time |" in report
     # With the seed spread as the noise, Student's t over n - 1 degrees of freedom.
     noise = tmp_path / "seeds.json"
     noise.write_text(json.dumps({"metrics": {"accuracy": {"mean": 0.6, "std": 0.02, "n": 4}}}))
-    _, report = gate.run(GATE, None, base, cand, seed_noise_file=noise)
+    _, _, report = compare.judge(GATE, None, base, cand, seed_noise_file=noise)
     row = next(line for line in report.splitlines() if line.startswith("| accuracy |"))
     expected = (stats.t.ppf(0.975, 3) + stats.t.ppf(0.8, 3)) * 0.02 * np.sqrt(2)
     assert row.endswith(f"| {expected:.4f} |"), (row, expected)
@@ -116,7 +122,7 @@ def test_the_report_states_the_smallest_drop_the_test_catches(tmp_path: Path) ->
 
 def test_improvement_passes(tmp_path: Path) -> None:
     status, report = judge(tmp_path, flipped(base_correct(), to_wrong=0, to_right=80))
-    assert status == gate.PASS
+    assert status == compare.PASS
     assert "| accuracy | 0.6000 | 0.6800 | +0.0800 |" in report
     assert "Pass: no metric dropped beyond its tolerance." in report
 
@@ -124,11 +130,11 @@ def test_improvement_passes(tmp_path: Path) -> None:
 def test_without_predictions_accuracy_gets_a_binomial_interval(tmp_path: Path) -> None:
     status, report = judge(tmp_path, flipped(base_correct(), to_wrong=20, to_right=0), with_predictions=False)
     # -0.02 over 1,000 unpaired examples is within the binomial noise (about +-0.043) ...
-    assert status == gate.PASS, report
+    assert status == compare.PASS, report
     assert "binomial" in report
     # ... but a metric with no interval fails once it drops beyond its tolerance.
     status, report = judge(tmp_path, flipped(base_correct(), to_wrong=100, to_right=0), with_predictions=False)
-    assert status == gate.REGRESSION
+    assert status == compare.REGRESSION
 
 
 @pytest.mark.parametrize(
@@ -146,8 +152,8 @@ def test_missing_or_empty_metrics_cannot_compare(tmp_path: Path, metrics_text: s
         (base / "metrics.json").unlink()
     else:
         (base / "metrics.json").write_text(metrics_text)
-    status, report = gate.run(GATE, None, base, cand)
-    assert status == gate.CANNOT_COMPARE
+    status, _, report = compare.judge(GATE, None, base, cand)
+    assert status == compare.CANNOT_COMPARE
     assert f"**Could not compare:** {base}: {reason}" in report
 
 
@@ -156,17 +162,17 @@ def test_a_nan_metric_cannot_compare_never_passes(tmp_path: Path, side: str) -> 
     runs = {"base": write_run(tmp_path / "base", base_correct()), "cand": write_run(tmp_path / "cand", base_correct())}
     metrics = json.loads((runs[side] / "metrics.json").read_text())
     (runs[side] / "metrics.json").write_text(json.dumps({**metrics, "eval_loss": float("nan")}))  # as json writes NaN
-    status, report = gate.run(GATE, None, runs["base"], runs["cand"])
-    assert status == gate.CANNOT_COMPARE
+    status, _, report = compare.judge(GATE, None, runs["base"], runs["cand"])
+    assert status == compare.CANNOT_COMPARE
     assert f"{runs[side]}: metrics.json has eval_loss = nan, not a finite number (the run diverged)" in report
 
 
 def test_different_eval_data_or_profile_cannot_compare(tmp_path: Path) -> None:
     status, report = judge(tmp_path, base_correct(), fingerprint="0" * 64)
-    assert status == gate.CANNOT_COMPARE
+    assert status == compare.CANNOT_COMPARE
     assert "the runs used different eval examples (eval_fingerprint: base 'fff" in report
     status, report = judge(tmp_path, base_correct(), profile="smoke")
-    assert status == gate.CANNOT_COMPARE
+    assert status == compare.CANNOT_COMPARE
     assert "the runs used different profiles (profile: base 'full', candidate 'smoke')" in report
 
 
@@ -181,15 +187,16 @@ def test_seed_spread_replaces_the_binomial_noise(tmp_path: Path) -> None:
     noise.write_text(json.dumps({"metrics": {"accuracy": {"mean": 0.6, "std": 0.002, "n": 5}}}))
     base = write_run(tmp_path / "base", base_correct())
     cand = write_run(tmp_path / "cand", flipped(base_correct(), to_wrong=20, to_right=0), with_predictions=False)
-    status, report = gate.run(GATE, None, base, cand, seed_noise_file=noise)
+    status, _, report = compare.judge(GATE, None, base, cand, seed_noise_file=noise)
     # With seeds agreeing to +-0.002, a 0.02 drop is far outside the noise.
-    assert status == gate.REGRESSION, report
+    assert status == compare.REGRESSION, report
     assert "seed spread (n=5)" in report
 
 
 def seed_pairs(base_accuracy: list[float], drops: list[float]) -> list[tuple[dict, dict]]:
     """Seed pairs (base metrics, candidate metrics) with the candidate's accuracy and macro-F1 lower by
     `drops` and its loss higher by as much."""
+
     def metrics(accuracy: float, loss: float) -> dict[str, float]:
         return {"accuracy": accuracy, "macro_f1": accuracy, "eval_loss": loss}
 
@@ -201,9 +208,9 @@ def test_over_seeds_a_steady_drop_fails_and_noise_passes() -> None:
     # A drop of 0.05 that every seed shows within +-0.01: no look before the third pair, and after the
     # fourth its mean is clear of the noise.
     steady = seed_pairs(base, [0.05, 0.06, 0.04, 0.05, 0.05])
-    assert gate.sequential_status(GATE, steady[:2], max_pairs=6) == (None, [])
-    status, results = gate.sequential_status(GATE, steady[:4], max_pairs=6)
-    assert status == gate.REGRESSION
+    assert compare.sequential_status(GATE, steady[:2], max_pairs=6) == (None, [])
+    status, results = compare.sequential_status(GATE, steady[:4], max_pairs=6)
+    assert status == compare.REGRESSION
     accuracy = results[0]
     assert accuracy.method == "4 seed pairs, t" and accuracy.verdict == "regression"
     assert accuracy.delta == pytest.approx(-0.05)
@@ -214,24 +221,25 @@ def test_over_seeds_a_steady_drop_fails_and_noise_passes() -> None:
     assert accuracy.detectable == pytest.approx((q + stats.t.ppf(0.8, 3)) * se)
     # The same mean drop, but seeds that disagree: within the noise, so another pair is asked for ...
     noisy = seed_pairs(base, [0.15, -0.06, 0.09, -0.03, 0.1])
-    status, results = gate.sequential_status(GATE, noisy[:4], max_pairs=6)
+    status, results = compare.sequential_status(GATE, noisy[:4], max_pairs=6)
     assert status is None and results[0].verdict == "pass (within noise)"
     # ... and at the last pair the verdict is final.
-    status, _ = gate.sequential_status(GATE, noisy, max_pairs=5)
-    assert status == gate.PASS
+    status, _ = compare.sequential_status(GATE, noisy, max_pairs=5)
+    assert status == compare.PASS
 
 
 def test_over_seeds_it_stops_early_once_every_metric_is_within_its_tolerance() -> None:
     base = [0.43, 0.45, 0.41]
     same = seed_pairs(base, [0.0, 0.001, -0.001])
-    status, _ = gate.sequential_status(GATE, same, max_pairs=9)
-    assert status == gate.PASS
-    status, _ = gate.sequential_status(GATE, seed_pairs(base, [0.0, 0.02, -0.02]), max_pairs=9)
+    status, _ = compare.sequential_status(GATE, same, max_pairs=9)
+    assert status == compare.PASS
+    status, _ = compare.sequential_status(GATE, seed_pairs(base, [0.0, 0.02, -0.02]), max_pairs=9)
     assert status is None
     with pytest.raises(ValueError, match="at least two pairs"):
-        gate.compare_over_seeds(GATE, same[:1])
+        compare.compare_over_seeds(GATE, same[:1])
 
 
+@pytest.mark.slow
 def test_base_from_a_git_revision_and_the_cli_exit_codes(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_run(repo, base_correct())

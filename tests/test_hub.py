@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from stages import hub
+from stages.common import hub
 
 
 def test_packaged_default_resolves_to_a_model_folder() -> None:

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages import prepare, tokenize
-from stages.outputs import atomic_dir, atomic_file
-from stages.params import Params
+from stages.common.atomic import atomic_dir, atomic_file
+from stages.common.params import Params
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -60,11 +60,14 @@ def test_leftovers_of_a_killed_writer_are_swept_on_the_next_write(tmp_path: Path
     target = tmp_path / "tokenized"
     # A writer killed with SIGKILL mid-write: its temporary folder stays behind.
     killed = subprocess.run(
-        [sys.executable, "-c",
-         "import os, signal, sys; from pathlib import Path; from stages.outputs import atomic_dir\n"
-         f"with atomic_dir(Path({str(target)!r})) as tmp:\n"
-         "    (tmp / 'train.parquet').write_bytes(b'half')\n"
-         "    os.kill(os.getpid(), signal.SIGKILL)"],
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys; from pathlib import Path; from stages.common.atomic import atomic_dir\n"
+            f"with atomic_dir(Path({str(target)!r})) as tmp:\n"
+            "    (tmp / 'train.parquet').write_bytes(b'half')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)",
+        ],
         capture_output=True,
     )
     assert killed.returncode == -9

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, write_params
-from stages.params import ParamsError, load_params, read_yaml, write_yaml
+from stages.common.params import ParamsError, load_params, read_yaml, write_yaml
+from tests.helpers import REPO_ROOT, write_params
 
 
 def test_repository_defaults_load() -> None:
@@ -104,8 +104,30 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 
 
 # How users write values, and what DVC (ruamel.yaml, YAML 1.2) reads: the stages must read the same.
-YAML_VALUES = ["3e-05", "3e-5", "1e-3", "5E-5", "5.0e-05", ".5", "1_000", "0x10", "null", "~", "off", "on", "yes", "no",
-               "true", "'42'", "-1", ".inf", "-.inf", "2026-12-01", "[8, 16]", "{a: 1}"]
+YAML_VALUES = [
+    "3e-05",
+    "3e-5",
+    "1e-3",
+    "5E-5",
+    "5.0e-05",
+    ".5",
+    "1_000",
+    "0x10",
+    "null",
+    "~",
+    "off",
+    "on",
+    "yes",
+    "no",
+    "true",
+    "'42'",
+    "-1",
+    ".inf",
+    "-.inf",
+    "2026-12-01",
+    "[8, 16]",
+    "{a: 1}",
+]
 
 
 @pytest.mark.parametrize("text", YAML_VALUES)
@@ -122,8 +144,17 @@ def test_yaml_1_2_where_pyyaml_reads_yaml_1_1() -> None:
 
 
 def test_written_params_read_back_unchanged(tmp_path: Path) -> None:
-    data = {"train": {"learning_rate": 3e-05, "tf32": "off", "max_steps": None, "group_by_length": True,
-                      "seed": 42, "label": "1_000"}, "z_first_in_file": {"a": [1, 2]}}
+    data = {
+        "train": {
+            "learning_rate": 3e-05,
+            "tf32": "off",
+            "max_steps": None,
+            "group_by_length": True,
+            "seed": 42,
+            "label": "1_000",
+        },
+        "z_first_in_file": {"a": [1, 2]},
+    }
     write_yaml(tmp_path / "p.yaml", data)
     assert read_yaml((tmp_path / "p.yaml").read_text(), "p.yaml") == data
     assert list(read_yaml((tmp_path / "p.yaml").read_text(), "p.yaml")) == ["train", "z_first_in_file"]
@@ -140,13 +171,19 @@ def test_a_duplicated_key_is_refused_with_its_line() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"train": {"learning_rate": float("inf")}},
-         "train.learning_rate = inf is not a finite number; expected a number >= 0"),
-        ({"train": {"attention_dropout": float("nan")}},
-         "train.attention_dropout = nan is not a finite number; expected a number >= 0 and < 1, or null"),
+        (
+            {"train": {"learning_rate": float("inf")}},
+            "train.learning_rate = inf is not a finite number; expected a number >= 0",
+        ),
+        (
+            {"train": {"attention_dropout": float("nan")}},
+            "train.attention_dropout = nan is not a finite number; expected a number >= 0 and < 1, or null",
+        ),
         ({"data": {"seed": -1}}, "data.seed = -1 is out of range; expected an integer >= 0 and <= 4294967295"),
-        ({"gate": {"seed": 2**32}},
-         "gate.seed = 4294967296 is out of range; expected an integer >= 0 and <= 4294967295"),
+        (
+            {"gate": {"seed": 2**32}},
+            "gate.seed = 4294967296 is out of range; expected an integer >= 0 and <= 4294967295",
+        ),
     ],
 )
 def test_non_finite_numbers_and_seeds_out_of_range(tmp_path: Path, overrides: dict, message: str) -> None:

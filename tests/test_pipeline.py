@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_lock, run_cmd, set_params
+from tests.helpers import read_lock, run_cmd, set_params
 
 STAGES = ["prepare", "tokenize", "subset", "train", "evaluate"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, merged, new_project, run_cmd, set_params, stage_env, tiny_overrides
-from stages.params import read_yaml, write_yaml
+from stages.common.params import read_yaml, with_overrides, write_yaml
+from tests.helpers import REPO_ROOT, new_project, run_cmd, set_params, stage_env, tiny_overrides
 
 # Enough for the tiny BERT to learn well above chance in seconds, and to do so steadily over
 # training seeds (accuracy 0.59, 0.59, 0.58, 0.58 for seeds 42..45; 1,500 examples for 3 epochs
@@ -32,7 +32,11 @@ RECIPE = {"train": {"learning_rate": 0.003, "batch_size": 32, "group_by_length":
 def pr_check(repo: Path, base: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["make", "--no-print-directory", "pr-check", f"BASE={base}", "SETUP=", f"PYTHON={sys.executable}"],
-        cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=600,
+        cwd=repo,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -80,7 +84,8 @@ def test_pr_check_fails_a_real_regression_and_passes_a_comment_change(project: P
     # A change to a comment only: the same numbers on both sides, a pass.
     dvc_yaml = project / "dvc.yaml"
     same, report = check_branch(
-        project, "comment-only",
+        project,
+        "comment-only",
         lambda: dvc_yaml.write_text(dvc_yaml.read_text().replace("# The pipeline:", "# The whole pipeline:", 1)),
     )
     assert same.returncode == 0, report + same.stderr
@@ -97,15 +102,22 @@ def judge_itself(repo: Path) -> None:
     for rule in params["gate"]["metrics"].values():
         rule["tolerance"] = 1.0
     write_yaml(repo / "params.yaml", params)
-    write_yaml(repo / "profiles" / "smoke.yaml", merged(TEST_PROFILE, {"train": {"learning_rate": 0.003}}))
+    write_yaml(repo / "profiles" / "smoke.yaml", with_overrides(TEST_PROFILE, {"train": {"learning_rate": 0.003}}))
     always_pass = 'return REGRESSION if any(r.verdict == "regression" for r in results) else PASS'
     edit(repo / "stages" / "gate.py", always_pass, "return PASS")
     size_keys = '"train": ("epochs", "max_steps"),'
     edit(repo / "stages" / "pr_check.py", size_keys, '"train": ("epochs", "max_steps", "learning_rate"),')
     # Its default: trust the single pair, never run the seeds (the report shows the base's seeds ran).
     pr_check_py = repo / "stages" / "pr_check.py"
-    pr_check_py.write_text(re.sub(r"^DEFAULT_CONFIRM_SEEDS = .*$", "DEFAULT_CONFIRM_SEEDS = 0", pr_check_py.read_text(),
-                                  count=1, flags=re.MULTILINE))
+    pr_check_py.write_text(
+        re.sub(
+            r"^DEFAULT_CONFIRM_SEEDS = .*$",
+            "DEFAULT_CONFIRM_SEEDS = 0",
+            pr_check_py.read_text(),
+            count=1,
+            flags=re.MULTILINE,
+        )
+    )
     assert "DEFAULT_CONFIRM_SEEDS = 0\n" in pr_check_py.read_text()
 
 
@@ -122,10 +134,11 @@ def committed_project(repo: Path, tiny_model_dir: Path) -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_a_base_whose_rules_or_profile_cannot_judge_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
     repo = committed_project(tmp_path / "project", tiny_model_dir)
     # A profile that changes the recipe, at the base: refused before any training, whatever the head says.
-    write_yaml(repo / "profiles" / "smoke.yaml", merged(TEST_PROFILE, {"train": {"learning_rate": 0.1}}))
+    write_yaml(repo / "profiles" / "smoke.yaml", with_overrides(TEST_PROFILE, {"train": {"learning_rate": 0.1}}))
     run_cmd(["git", "commit", "-qam", "profile sets a learning rate"], repo)
     run_cmd(["git", "checkout", "-q", "-b", "head"], repo)
     write_yaml(repo / "profiles" / "smoke.yaml", TEST_PROFILE)
@@ -150,7 +163,7 @@ def test_a_base_whose_rules_or_profile_cannot_judge_is_refused(tmp_path: Path, t
 
 
 def test_the_profile_sets_sizes_only() -> None:
-    from stages.pr_check import SIZE_KEYS, read_profile
+    from stages.gate.pr_check import SIZE_KEYS, read_profile
 
     profile = read_profile(REPO_ROOT / "profiles" / "smoke.yaml")
     assert all(key in SIZE_KEYS[section] for section, values in profile.items() for key in values)
@@ -160,9 +173,14 @@ def test_workflows_match_the_github_schema() -> None:
     workflows = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
     assert [w.name for w in workflows] == ["full-profile.yml", "pr-check.yml"]
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
-         *map(str, workflows)],
-        capture_output=True, text=True,
+        [
+            str(Path(sys.executable).parent / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            *map(str, workflows),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validation done" in result.stdout
@@ -192,7 +210,7 @@ def test_workflows_follow_the_github_security_guides() -> None:
 
 
 def test_a_base_smoke_run_at_chance_is_refused(tmp_path: Path) -> None:
-    from stages.pr_check import base_at_chance
+    from stages.gate.pr_check import base_at_chance
 
     (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
     (tmp_path / "metrics.json").write_text('{"accuracy": 0.178, "n_eval": 500}')

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages import prepare
-from stages.hub import HubUnreachableError
-from stages.params import DataParams, Params
+from stages.common.hub import HubUnreachableError
+from stages.common.params import DataParams, Params
 from stages.prepare import DataError
 
 
@@ -46,9 +46,11 @@ def test_reruns_are_byte_identical(tiny_params: Params, tmp_path: Path) -> None:
 def test_single_file_is_split_stratified_and_seeded(tiny_params: Params, tmp_path: Path, suffix: str) -> None:
     source = tmp_path / f"reviews{suffix}"
     frame = reviews_frame(100)
-    {".csv": lambda: frame.to_csv(source, index=False),
-     ".jsonl": lambda: frame.to_json(source, orient="records", lines=True),
-     ".parquet": lambda: frame.to_parquet(source)}[suffix]()
+    {
+        ".csv": lambda: frame.to_csv(source, index=False),
+        ".jsonl": lambda: frame.to_json(source, orient="records", lines=True),
+        ".parquet": lambda: frame.to_parquet(source),
+    }[suffix]()
     params = data_params(tiny_params, dataset=str(source), test_size=0.2)
     splits = prepare.load_splits(params, tmp_path)
     assert len(splits["train"]) == 80 and len(splits["test"]) == 20

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_lock, run_cmd, set_params, stage_env
+from tests.helpers import read_lock, run_cmd, set_params, stage_env
 
 # 1,200 examples in batches of 16 for 3 epochs: 225 steps, a checkpoint every 20.
 RESUMABLE = {
@@ -24,7 +24,11 @@ RESUMABLE = {
 def repro_killed_after_first_checkpoint(repo: Path) -> None:
     """Start `dvc repro` and SIGKILL it (and the stage under it) once a checkpoint is complete."""
     process = subprocess.Popen(
-        ["dvc", "repro"], cwd=repo, env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ["dvc", "repro"],
+        cwd=repo,
+        env=stage_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
@@ -90,7 +94,9 @@ def test_the_last_good_state_comes_back_after_a_failed_run(project: Path) -> Non
     set_params(project, {"train": {"learning_rate": -1.0}})
     failed = run_cmd(["dvc", "repro"], project, check=False)
     assert failed.returncode != 0
-    assert "params.yaml: train.learning_rate = -1.0 is out of range; expected a number >= 0" in failed.stderr, failed.stderr
+    assert "params.yaml: train.learning_rate = -1.0 is out of range; expected a number >= 0" in failed.stderr, (
+        failed.stderr
+    )
     assert not (project / "models" / "model").exists()
     assert not (project / "reports" / "train_epochs.csv").exists()  # uncached outputs go too
     assert not (project / "dvclive" / "metrics.json").exists()

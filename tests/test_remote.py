@@ -21,7 +21,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from conftest import new_project, read_lock, run_cmd, stage_env, tiny_overrides
+from tests.helpers import new_project, read_lock, run_cmd, stage_env, tiny_overrides
 
 BUCKET = "dvc-remote-test"
 PREFIX = "yelp/store"
@@ -46,8 +46,9 @@ CACHED_OUTPUTS = ["data/prepared", "data/tokenized", "data/subset", "models/mode
 GIT_OUTPUTS = ["metrics.json", "reports/train_epochs.csv", "reports/predictions.csv", "reports/eval_info.json"]
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, unset: list[str] | None = None,
-        check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, unset: list[str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """`run_cmd` with extra environment variables (the S3 credentials) and some removed."""
     full = stage_env()
     full.update(AWS_ISOLATION)
@@ -105,12 +106,12 @@ def lock_objects(repo: Path) -> set[str]:
 
 @dataclass
 class Pushed:
-    repo: Path             # the original repository: pipeline run, committed, pushed to both remotes
-    local_remote: Path     # the local directory remote ('storage', the default)
-    endpoint: str          # the moto S3 endpoint the 's3' remote points at
+    repo: Path  # the original repository: pipeline run, committed, pushed to both remotes
+    local_remote: Path  # the local directory remote ('storage', the default)
+    endpoint: str  # the moto S3 endpoint the 's3' remote points at
     hashes: dict[str, str]  # sha256 of every output in the original
-    lock: bytes            # the original dvc.lock
-    workdir: Path          # where the tests clone into
+    lock: bytes  # the original dvc.lock
+    workdir: Path  # where the tests clone into
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +127,11 @@ def s3_endpoint() -> Iterator[str]:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
         boto3.client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1",
-            aws_access_key_id="testing", aws_secret_access_key="testing",
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
         ).create_bucket(Bucket=BUCKET)
         yield endpoint
     finally:
@@ -138,12 +142,15 @@ def s3_endpoint() -> Iterator[str]:
 def s3_keys(endpoint: str, prefix: str = PREFIX) -> set[str]:
     """Every key in the bucket under `prefix`, relative to it."""
     client = boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     keys = set()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/"):
-        keys.update(obj["Key"][len(prefix) + 1:] for obj in page.get("Contents", []))
+        keys.update(obj["Key"][len(prefix) + 1 :] for obj in page.get("Contents", []))
     return keys
 
 

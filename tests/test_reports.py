@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cmd, stage_env, tiny_overrides, write_params
-from stages import evaluate, prepare, scoring, subset, tokenize, train
-from stages.cli import UserError
-from stages.examples import TokenizedExamples
-from stages.environment import software_environment
-from stages.params import Params, load_params
+from stages import evaluate, prepare, subset, tokenize, train
+from stages.common.errors import UserError
+from stages.common.params import Params, load_params
+from stages.data.tokenized import TokenizedExamples
+from stages.metrics import scoring
+from stages.training.environment import software_environment
+from tests.helpers import run_cmd, stage_env, tiny_overrides, write_params
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -32,14 +33,23 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     tokenize.run(params.model, params.tokenize, root / "prepared", root / "tokenized")
     subset.run(params.subset, root / "tokenized", root / "subset")
     train.run(
-        params.model, params.data.num_labels, params.train, root / "subset", root / "model", root / "epochs.csv",
+        params.model,
+        params.data.num_labels,
+        params.train,
+        root / "subset",
+        root / "model",
+        root / "epochs.csv",
         environment_out=root / "environment.json",
     )
     names = ("metrics.json", "predictions.csv", "per_class.csv", "errors.csv")
     paths = {name: root / name for name in names}
     evaluate.run(
-        params.evaluate, root / "model", root / "subset",
-        paths["metrics.json"], paths["predictions.csv"], root / "info.json",
+        params.evaluate,
+        root / "model",
+        root / "subset",
+        paths["metrics.json"],
+        paths["predictions.csv"],
+        root / "info.json",
         per_class_out=paths["per_class.csv"],
         prepared_dir=root / "prepared",
         errors_out=paths["errors.csv"],
@@ -161,12 +171,16 @@ def _check_plots(project: Path, tmp_path: Path, epochs: int) -> None:
     assert len(confusion[0]["content"]["data"]["values"]) == 100
     # The training curves: loss at each Trainer logging step (160 / 16 = 10 steps an epoch, a log
     # every 5), eval accuracy and loss after each epoch.
-    curves = {name: _plots(shown, name)[0]["content"]["data"]["values"] for name in (
-        "train/loss.tsv", "eval/accuracy.tsv", "train_epochs.csv", "Eval loss per epoch")}
+    curves = {
+        name: _plots(shown, name)[0]["content"]["data"]["values"]
+        for name in ("train/loss.tsv", "eval/accuracy.tsv", "train_epochs.csv", "Eval loss per epoch")
+    }
     curves["Eval accuracy per epoch"] = curves["train_epochs.csv"]
     assert [int(row["step"]) for row in curves["train/loss.tsv"]] == list(range(5, 10 * epochs + 1, 5))
     assert [int(row["step"]) for row in curves["eval/accuracy.tsv"]] == list(range(10, 10 * epochs + 1, 10))
-    assert [float(row["epoch"]) for row in curves["Eval accuracy per epoch"]] == [float(e) for e in range(1, epochs + 1)]
+    assert [float(row["epoch"]) for row in curves["Eval accuracy per epoch"]] == [
+        float(e) for e in range(1, epochs + 1)
+    ]
     assert float(curves["Eval accuracy per epoch"][-1]["eval_accuracy"]) == pytest.approx(
         json.loads((project / "metrics.json").read_text())["accuracy"], abs=1e-6
     )
@@ -183,9 +197,20 @@ def _check_plots(project: Path, tmp_path: Path, epochs: int) -> None:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed: the HTML was written but not rendered in a browser")
     dom = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--virtual-time-budget=5000", "--dump-dom", index.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            index.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     assert _drawn_plots(dom, plot_ids) == plot_ids, dom[:3000]
 
@@ -195,7 +220,7 @@ def _drawn_plots(dom: str, plot_ids: list[str]) -> list[str]:
     in it (a plot without data gets a 0 x 0 canvas)."""
     starts = [dom.index(f'<div id="{plot_id}"') for plot_id in plot_ids]
     drawn = []
-    for plot_id, start, end in zip(plot_ids, starts, starts[1:] + [len(dom)]):
+    for plot_id, start, end in zip(plot_ids, starts, starts[1:] + [len(dom)], strict=True):
         element = dom[start:end]
         marks = re.search(r'<(?:canvas|svg)\b[^>]*\bwidth="(\d+)"[^>]*\bclass="marks"', element)
         if 'class="vega-embed' in element[: element.index(">") + 1] and marks and int(marks.group(1)) > 0:
@@ -233,8 +258,11 @@ def test_exp_show_follows_a_running_experiment_then_plots_show_it(project: Path,
     log = tmp_path / "exp-run.log"
     with log.open("w") as output:
         running = subprocess.Popen(
-            ["dvc", "exp", "run", "-S", "train.epochs=30"], cwd=project, env={**stage_env(), "OMP_NUM_THREADS": "1"},
-            stdout=output, stderr=subprocess.STDOUT,
+            ["dvc", "exp", "run", "-S", "train.epochs=30"],
+            cwd=project,
+            env={**stage_env(), "OMP_NUM_THREADS": "1"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
         seen_while_running: list[dict] = []
         try:
@@ -256,7 +284,9 @@ def test_exp_show_follows_a_running_experiment_then_plots_show_it(project: Path,
     assert middle["train"]["loss"] > 0 and 0 <= middle["eval"]["accuracy"] <= 1 and 0 < middle["epoch"] < 30
     final = _workspace_live_summary(project)
     assert final["step"] == 300 and final["epoch"] == 30
-    assert final["eval"]["accuracy"] == pytest.approx(json.loads((project / "metrics.json").read_text())["accuracy"], abs=1e-6)
+    assert final["eval"]["accuracy"] == pytest.approx(
+        json.loads((project / "metrics.json").read_text())["accuracy"], abs=1e-6
+    )
     _check_plots(project, tmp_path, epochs=30)
 
 
@@ -269,7 +299,9 @@ def test_the_card_scores_the_eval_examples_in_their_own_order(
     subset.run(tiny_params.subset, tmp_path / "tokenized", tmp_path / "subset")
     scored: dict = {}
     real_score = scoring.score
-    monkeypatch.setattr(scoring, "score", lambda logits, labels, n: scored.update(labels=labels) or real_score(logits, labels, n))
+    monkeypatch.setattr(
+        scoring, "score", lambda logits, labels, n: scored.update(labels=labels) or real_score(logits, labels, n)
+    )
     train.run(tiny_params.model, 5, tiny_params.train, tmp_path / "subset", tmp_path / "model", tmp_path / "epochs.csv")
     examples = TokenizedExamples(tmp_path / "subset" / "eval.parquet")
     assert list(examples.length_order()) != list(range(len(examples)))  # length order is another order

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages.seeds import summarize
+from stages.gate.seeds import summarize
 
 
 def rev(seed: int, accuracy: float, lr: float = 5e-5) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from stages.synthetic import generate_reviews
+from stages.data.synthetic import generate_reviews
 
 
 def test_same_seed_same_reviews_other_seed_other_reviews() -> None:

@@ -10,18 +10,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TINY_MAX_POSITIONS
-from stages import prepare, subset, tokenize
-from stages.cli import UserError
-from stages.hub import ModelNotFoundError
-from stages.params import ParamsError, Params
+from stages import subset, tokenize
+from stages.common.errors import UserError
+from stages.common.hub import ModelNotFoundError
+from stages.common.params import Params, ParamsError
+from tests.helpers import TINY_MAX_POSITIONS
 
 
 @pytest.fixture
-def tokenized(tiny_params: Params, tmp_path: Path) -> Path:
-    prepare.run(tiny_params.data, tmp_path / "prepared")
-    tokenize.run(tiny_params.model, tiny_params.tokenize, tmp_path / "prepared", tmp_path / "tokenized")
-    return tmp_path / "tokenized"
+def tokenized(tiny_data: Path) -> Path:
+    return tiny_data / "tokenized"
 
 
 def test_tokenized_ids_are_narrow_unpadded_and_described(tokenized: Path, tiny_params: Params) -> None:
@@ -40,7 +38,7 @@ def test_tokenized_ids_are_narrow_unpadded_and_described(tokenized: Path, tiny_p
 
 
 def test_tokenize_reruns_are_byte_identical(tokenized: Path, tiny_params: Params, tmp_path: Path) -> None:
-    tokenize.run(tiny_params.model, tiny_params.tokenize, tmp_path / "prepared", tmp_path / "again")
+    tokenize.run(tiny_params.model, tiny_params.tokenize, tokenized.parent / "prepared", tmp_path / "again")
     for name in ("train.parquet", "test.parquet", "meta.json"):
         assert (tokenized / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
 
@@ -84,7 +82,10 @@ def test_subset_matches_the_tutorials_shuffle_and_select(tokenized: Path, tiny_p
     # those of the stages before it (the model card reads them from here).
     subset_meta = json.loads((tmp_path / "subset" / "meta.json").read_text())
     tokenized_meta = json.loads((tokenized / "meta.json").read_text())
-    assert subset_meta.pop("params") == {**tokenized_meta.pop("params"), "subset": dataclasses.asdict(tiny_params.subset)}
+    assert subset_meta.pop("params") == {
+        **tokenized_meta.pop("params"),
+        "subset": dataclasses.asdict(tiny_params.subset),
+    }
     assert subset_meta == tokenized_meta
     assert set(json.loads((tokenized / "meta.json").read_text())["params"]) == {"data", "model", "tokenize"}
 
@@ -109,12 +110,18 @@ def test_subset_larger_than_the_split_is_a_clear_error(tokenized: Path, tiny_par
     )
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_same_bytes(tokenized: Path, tiny_params: Params, tmp_path: Path) -> None:
     """num_proc 2 (spawned workers, small batches so both work) makes the same files as in-process."""
     workers = dataclasses.replace(tiny_params.tokenize, num_proc=2)
     in_process = dataclasses.replace(tiny_params.tokenize, num_proc=1)
     for name, settings in (("workers", workers), ("one", in_process)):
-        tokenize.run(tiny_params.model, dataclasses.replace(settings, batch_size=37), tmp_path / "prepared", tmp_path / name)
+        tokenize.run(
+            tiny_params.model,
+            dataclasses.replace(settings, batch_size=37),
+            tokenized.parent / "prepared",
+            tmp_path / name,
+        )
     for name in ("train.parquet", "test.parquet", "meta.json"):
         assert (tmp_path / "workers" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
     # The default (num_proc null) tokenizes these small splits in-process, with the same ids.

@@ -11,28 +11,35 @@ import pytest
 from transformers import AutoTokenizer
 
 from stages import evaluate, prepare, subset, tokenize, train
-from stages.cli import UserError
-from stages.examples import make_collator
-from stages.params import Params
+from stages.common.errors import UserError
+from stages.common.params import Params
+from stages.data.tokenized import make_collator
 
 
 @pytest.fixture
-def subset_dir(tiny_params: Params, tmp_path: Path) -> Path:
-    prepare.run(tiny_params.data, tmp_path / "prepared")
-    tokenize.run(tiny_params.model, tiny_params.tokenize, tmp_path / "prepared", tmp_path / "tokenized")
-    subset.run(tiny_params.subset, tmp_path / "tokenized", tmp_path / "subset")
-    return tmp_path / "subset"
+def subset_dir(tiny_data: Path) -> Path:
+    return tiny_data / "subset"
 
 
 def test_train_then_evaluate(tiny_params: Params, subset_dir: Path, tmp_path: Path) -> None:
     params = dataclasses.replace(tiny_params.train, epochs=2)
     history = train.run(
-        tiny_params.model, 5, params, subset_dir, tmp_path / "model", tmp_path / "epochs.csv",
+        tiny_params.model,
+        5,
+        params,
+        subset_dir,
+        tmp_path / "model",
+        tmp_path / "epochs.csv",
         live_dir=tmp_path / "dvclive",
     )
 
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
-        "README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_params.json",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "training_params.json",
     ]
     recorded = json.loads((tmp_path / "model" / "training_params.json").read_text())
     assert recorded == {"num_labels": 5, "train": dataclasses.asdict(params)}
@@ -52,8 +59,12 @@ def test_train_then_evaluate(tiny_params: Params, subset_dir: Path, tmp_path: Pa
     assert not (tmp_path / "dvclive" / "params.yaml").exists()  # no TrainingArguments dump
 
     metrics = evaluate.run(
-        tiny_params.evaluate, tmp_path / "model", subset_dir,
-        tmp_path / "metrics.json", tmp_path / "predictions.csv", tmp_path / "info.json",
+        tiny_params.evaluate,
+        tmp_path / "model",
+        subset_dir,
+        tmp_path / "metrics.json",
+        tmp_path / "predictions.csv",
+        tmp_path / "info.json",
     )
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert set(metrics) == {"accuracy", "macro_f1", "eval_loss", "n_eval"}
@@ -74,18 +85,28 @@ def test_train_then_evaluate(tiny_params: Params, subset_dir: Path, tmp_path: Pa
 
     # Identical inputs give an identical metrics file.
     evaluate.run(
-        tiny_params.evaluate, tmp_path / "model", subset_dir, tmp_path / "again.json", tmp_path / "p2.csv", tmp_path / "i2.json"
+        tiny_params.evaluate,
+        tmp_path / "model",
+        subset_dir,
+        tmp_path / "again.json",
+        tmp_path / "p2.csv",
+        tmp_path / "i2.json",
     )
     assert (tmp_path / "again.json").read_bytes() == (tmp_path / "metrics.json").read_bytes()
     assert (tmp_path / "i2.json").read_bytes() == (tmp_path / "info.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_training_learns_the_synthetic_task(tiny_params: Params, tmp_path: Path) -> None:
     """A real signal: even a tiny random-init BERT beats chance (0.2) clearly with enough data."""
     data = dataclasses.replace(tiny_params.data, synthetic_train_size=2000)
     prepare.run(data, tmp_path / "prepared")
     tokenize.run(tiny_params.model, tiny_params.tokenize, tmp_path / "prepared", tmp_path / "tokenized")
-    subset.run(dataclasses.replace(tiny_params.subset, train_size=2000, eval_size=200), tmp_path / "tokenized", tmp_path / "subset")
+    subset.run(
+        dataclasses.replace(tiny_params.subset, train_size=2000, eval_size=200),
+        tmp_path / "tokenized",
+        tmp_path / "subset",
+    )
     params = dataclasses.replace(tiny_params.train, epochs=4, learning_rate=2e-3, batch_size=32)
     history = train.run(tiny_params.model, 5, params, tmp_path / "subset", tmp_path / "model", tmp_path / "epochs.csv")
     assert history["eval_accuracy"].iloc[-1] > 0.35, history
@@ -116,8 +137,11 @@ def test_attention_dropout_replaces_the_models_own(tiny_params: Params, monkeypa
     assert model.config.attention_probs_dropout_prob == model.bert.encoder.layer[0].attention.self.dropout.p == 0.0
     # A model whose config names it otherwise, or not at all, is told so.
     monkeypatch.setattr(train, "ATTENTION_DROPOUT_KEYS", ("attention_dropout",))
-    with pytest.raises(UserError, match=r"train.attention_dropout = 0.0: the config of model '.*' \(bert\) has no "
-                       r"attention dropout \(attention_dropout\); expected null for this model"):
+    with pytest.raises(
+        UserError,
+        match=r"train.attention_dropout = 0.0: the config of model '.*' \(bert\) has no "
+        r"attention dropout \(attention_dropout\); expected null for this model",
+    ):
         train.load_pretrained(tiny_params.model, 5, attention_dropout=0.0)
 
 
@@ -125,7 +149,9 @@ def test_attention_dropout_replaces_the_models_own(tiny_params: Params, monkeypa
 def test_collator_pads_per_batch_or_to_max_length(tiny_params: Params, padding: str, expected_width: int) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_params.model.name)
     collator = make_collator(tokenizer, {"padding": padding, "max_length": 64})
-    batch = collator([{"input_ids": [101, 5, 6, 102], "labels": 1}, {"input_ids": [101, 5, 6, 7, 8, 9, 102], "labels": 2}])
+    batch = collator(
+        [{"input_ids": [101, 5, 6, 102], "labels": 1}, {"input_ids": [101, 5, 6, 7, 8, 9, 102], "labels": 2}]
+    )
     assert batch["input_ids"].shape == (2, expected_width)
     assert batch["attention_mask"][0].tolist()[:5] == [1, 1, 1, 1, 0]
     assert batch["labels"].tolist() == [1, 2]

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import torch
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from stages.cli import UserError
+from stages.common.errors import UserError
 
 
 class TokenizedExamples(torch.utils.data.Dataset):
@@ -52,10 +52,9 @@ def make_collator(
 ) -> DataCollatorWithPadding:
     """Pad each batch to its longest example (`dynamic`) or to `max_length` (the tutorial's way).
 
-    The attention mask is rebuilt here from the padding, so the tokenized data need not store it.
-    `pad_to_multiple_of` rounds dynamic lengths up (8 suits GPU tensor cores, and bounds the number
-    of shapes `torch.compile` sees); it never changes the predictions, only the padding.
+    `pad_to_multiple_of` rounds dynamic lengths up; it never changes the predictions, only the padding.
     """
+    # The attention mask is rebuilt here from the padding, so the tokenized data need not store it.
     if meta["padding"] == "max_length":
         return DataCollatorWithPadding(tokenizer, padding="max_length", max_length=meta["max_length"])
     return DataCollatorWithPadding(tokenizer, padding="longest", pad_to_multiple_of=pad_to_multiple_of)

@@ -1,14 +1,8 @@
 """Resumable training: checkpoints that are used again only by the run that made them.
 
-`train` saves a `Trainer` checkpoint every `train.save_steps` steps (or each epoch) into its
-checkpoint folder, beside `fingerprint.json`: hashes of the params, the training data and the code
-(with the library versions) that the checkpoints were made with. A rerun resumes from the newest
-complete checkpoint when all three match, and otherwise starts fresh and says which one changed.
-
-A `Trainer` checkpoint is a folder written file by file, so a kill can leave one half-written. The
-`on_save` callback runs only after the whole folder is written: it marks the folder complete, and
-only marked folders are resumed from. Two checkpoints are kept, so one complete one always survives
-a kill during the next save. The folder is removed once the final model is written.
+`prepare(folder, fingerprint(params, data_files, code_files, versions))` returns the newest complete checkpoint
+made with the same params, data and code (`fingerprint.json`), or None and starts fresh; the `MarkComplete`
+callback marks each saved checkpoint complete; `finish(folder)` removes the folder once the model is written.
 """
 
 from __future__ import annotations
@@ -23,13 +17,32 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from stages.outputs import atomic_file, write_json
+from stages.common.atomic import atomic_file, write_json
+from stages.common.params import read_yaml
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "fingerprint.json"
 COMPLETE_MARK = "COMPLETE"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def stage_code_files(stage: str, root: Path = PROJECT_ROOT) -> list[Path]:
+    """The code `stage` depends on, as `root/dvc.yaml` declares it: its deps under `stages/`, folders
+    expanded to their files (without `__pycache__`, which .dvcignore leaves out too)."""
+    dvc_yaml = root / "dvc.yaml"
+    if not dvc_yaml.is_file():  # run outside the project: every code file, so no change goes unnoticed
+        declared = ["stages"]
+    else:
+        deps = read_yaml(dvc_yaml.read_text(), dvc_yaml)["stages"][stage]["deps"]
+        declared = [dep for dep in deps if dep == "stages" or dep.startswith("stages/")]
+    files = []
+    for dep in declared:
+        path = root / dep
+        found = [path] if path.is_file() else path.rglob("*")
+        files += [f for f in found if f.is_file() and "__pycache__" not in f.relative_to(root).parts]
+    return sorted(files)
 
 
 def _sha256(*chunks: bytes) -> str:
@@ -40,12 +53,16 @@ def _sha256(*chunks: bytes) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(params: dict[str, Any], data_files: list[Path], code_files: list[Path], versions: dict[str, str]) -> dict[str, str]:
+def fingerprint(
+    params: dict[str, Any], data_files: list[Path], code_files: list[Path], versions: dict[str, str]
+) -> dict[str, str]:
     """What a checkpoint was made with: params, data and code (with library versions), each hashed."""
     return {
         "params": _sha256(json.dumps(params, sort_keys=True, default=str).encode()),
         "data": _sha256(*(path.read_bytes() for path in sorted(data_files))),
-        "code": _sha256(*(path.read_bytes() for path in sorted(code_files)), json.dumps(versions, sort_keys=True).encode()),
+        "code": _sha256(
+            *(path.read_bytes() for path in sorted(code_files)), json.dumps(versions, sort_keys=True).encode()
+        ),
     }
 
 
@@ -84,7 +101,8 @@ def prepare(folder: Path, expected: dict[str, str]) -> Path | None:
             if complete:
                 log.info(
                     "not resuming: the checkpoints in %s were made with other %s; starting fresh",
-                    folder, " and ".join(changed),
+                    folder,
+                    " and ".join(changed),
                 )
         elif complete:
             resume_from = complete[-1]
@@ -112,6 +130,7 @@ class MarkComplete(TrainerCallback):
     """Marks a checkpoint folder complete once the `Trainer` has written all of it."""
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        # Runs once the whole folder is written: a kill mid-save leaves a checkpoint unmarked, never resumed from.
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():

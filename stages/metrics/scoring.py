@@ -1,7 +1,7 @@
-"""Scores of a model's predictions on the eval subset, the same for `train` (its model card) and
-`evaluate` (`metrics.json`): accuracy and macro-F1 through the `evaluate` library's metric modules
-shipped in `stages/metric_modules` (so they load with no network), the mean cross-entropy, per-label
-precision, recall and F1, and 95% intervals of accuracy and macro-F1 over the eval examples.
+"""Scores of a model's predictions on the eval subset, the same for `train` (model card) and `evaluate`.
+
+`score(logits, labels, num_labels)` returns `Scores`: accuracy and macro-F1 (the `evaluate` metric modules in
+`stages/metrics/modules`, which load with no network), mean cross-entropy, per-label scores and intervals.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
-METRIC_MODULES = Path(__file__).parent / "metric_modules"
+METRIC_MODULES = Path(__file__).parent / "modules"
 CONFIDENCE = 0.95  # of the intervals
 BOOTSTRAP_SAMPLES = 2000  # resamples of the eval examples for macro-F1's interval
 BOOTSTRAP_SEED = 0  # fixed, so the same predictions always get the same interval
@@ -96,16 +96,17 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> t
 
 
 def bootstrap_macro_f1(
-    labels: np.ndarray, predictions: np.ndarray, num_labels: int,
-    samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    num_labels: int,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of macro-F1 over resamples of the eval examples.
-
-    Macro-F1 depends on the examples only through the confusion matrix, and resampling n examples
-    with replacement draws that matrix from a multinomial over its cells, so each resample costs
-    num_labels² numbers, not n: cheap for any eval size.
-    """
+    """Percentile bootstrap interval of macro-F1 over resamples of the eval examples."""
     n = len(labels)
+    # Macro-F1 needs only the confusion matrix, and a resample of n examples draws it from a multinomial
+    # over its cells: num_labels² numbers per resample, not n, so cheap for any eval size.
     cells = np.bincount(labels * num_labels + predictions, minlength=num_labels**2)
     draws = np.random.default_rng(seed).multinomial(n, cells / n, size=samples).reshape(samples, num_labels, num_labels)
     tp = np.diagonal(draws, axis1=1, axis2=2)

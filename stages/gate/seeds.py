@@ -1,14 +1,9 @@
 """Summarise a multi-seed baseline: mean and spread of each metric over training seeds.
 
-Queue the same recipe with several training seeds, run them, then summarise:
+    python -m stages.gate.seeds --out reports/seed_noise.json   # once the queued `-S train.seed=N` runs are done
 
-    for seed in 1 2 3 4; do dvc exp run --queue -S train.seed=$seed; done
-    dvc queue start --jobs 1 && dvc queue status   # wait until all are done
-    python -m stages.seeds --out reports/seed_noise.json
-
-The summary takes HEAD's run and every experiment whose params differ from HEAD's only in
-`train.seed`. `python -m stages.gate --seed-noise reports/seed_noise.json` then uses this spread as
-the noise of each metric, instead of the binomial or bootstrap estimate from one run.
+It takes HEAD's run and every experiment whose params differ from HEAD's only in `train.seed`;
+`python -m stages.gate --seed-noise reports/seed_noise.json` then uses the spread as each metric's noise.
 """
 
 from __future__ import annotations
@@ -22,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from stages.outputs import write_json
-from stages.params import flatten
+from stages.common.atomic import write_json
+from stages.common.params import flatten
 
 SEED_KEY = "train.seed"
 
@@ -58,7 +53,9 @@ def summarize(exp_show: list[dict[str, Any]]) -> dict[str, Any]:
 
 def spread(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean, sample standard deviation and count of each numeric metric over runs keyed by seed."""
-    names = sorted({name for metrics in by_seed.values() for name, value in metrics.items() if isinstance(value, (int, float))})
+    names = sorted(
+        {name for metrics in by_seed.values() for name, value in metrics.items() if isinstance(value, (int, float))}
+    )
     summary = {}
     for name in names:
         values = np.array([metrics[name] for metrics in by_seed.values() if name in metrics], dtype=float)

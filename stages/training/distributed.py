@@ -1,20 +1,9 @@
 """Multi-process training: `train.nproc_per_node` processes on each of `train.nnodes` machines.
 
-The train stage launches itself with `torchrun` when the world is bigger than one process, so
-`dvc repro` is the same command at any scale. Every process trains on its shard of each batch
-(DistributedDataParallel); only the first (rank 0) writes outputs.
-
-- `train.batch_size` stays the batch of one optimizer step, whatever the number of processes: each
-  process takes `batch_size / world size` examples of it, so the same params give the same recipe
-  on one process or eight.
-- On CPUs the processes talk over gloo; the Trainer needs `use_cpu=True` for that (set by
-  `stages/devices.py`), or each process would silently train alone on all the data.
-- The logged training loss is the mean over all processes' tokens (`average_tokens_across_devices`),
-  comparable with a one-process run's.
-- Across machines: run `dvc repro` on the first machine (`NODE_RANK` unset or 0) and
-  `NODE_RANK=<k> python -m stages.train <the same arguments as in dvc.yaml>` on machine k, with
-  `train.master_addr` and `train.master_port` reachable from all of them (torchrun's static
-  rendezvous). On one machine torchrun's `--standalone` picks a free port itself.
+The train stage calls `launch(params.train, "stages.train", sys.argv[1:])` when `world_size(params.train) > 1`
+and not `launched()`; each process then trains on its shard of each batch, and only `is_main_process()` writes.
+Across machines: `dvc repro` on the first (`NODE_RANK` unset or 0), `NODE_RANK=<k> python -m stages.train
+<dvc.yaml's arguments>` on machine k.
 """
 
 from __future__ import annotations
@@ -23,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from stages.params import ParamsError, TrainParams
+from stages.common.params import ParamsError, TrainParams
 
 # torchrun sets these in every process it starts.
 _LAUNCHED = "LOCAL_RANK"
@@ -45,6 +34,7 @@ def is_main_process() -> bool:
 
 def per_process_batch_size(params: TrainParams) -> int:
     """Each process's share of `train.batch_size`."""
+    # `train.batch_size` stays one optimizer step's batch at any world size: the same params, the same recipe.
     world = world_size(params)
     if params.batch_size % world:
         raise ParamsError(
@@ -66,14 +56,18 @@ def torchrun_command(params: TrainParams, module: str, arguments: list[str]) -> 
     """The torchrun command line that starts `python -m module arguments` in every process."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={params.nproc_per_node}"]
     if params.nnodes == 1:
-        command.append("--standalone")
-    else:
+        command.append("--standalone")  # torchrun picks a free port itself
+    else:  # static rendezvous at train.master_addr:train.master_port, reachable from every machine
         rank = node_rank()
         if rank >= params.nnodes:
-            raise ParamsError(f"NODE_RANK = {rank} but train.nnodes = {params.nnodes}; expected 0 to {params.nnodes - 1}")
+            raise ParamsError(
+                f"NODE_RANK = {rank} but train.nnodes = {params.nnodes}; expected 0 to {params.nnodes - 1}"
+            )
         command += [
-            f"--nnodes={params.nnodes}", f"--node-rank={rank}",
-            f"--master-addr={params.master_addr}", f"--master-port={params.master_port}",
+            f"--nnodes={params.nnodes}",
+            f"--node-rank={rank}",
+            f"--master-addr={params.master_addr}",
+            f"--master-port={params.master_port}",
         ]
     return command + ["-m", module, *arguments]
 

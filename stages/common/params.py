@@ -1,14 +1,13 @@
 """Load `params.yaml` into frozen, validated settings: one dataclass per section.
 
-Every stage reads its settings through `load_params`, so a misspelled key, a wrong type or an
-out-of-range value fails before any work starts, with a message that names the file, the key, the
-value and what is allowed. `read_yaml` and `write_yaml` are the project's only YAML reader and
-writer, and they read and write as DVC does (YAML 1.2), so `dvc exp run -S train.learning_rate=3e-5`
-means the number DVC wrote.
+`load_params(path)` returns `Params` or raises `ParamsError` naming the file, the key, the value and what is
+allowed; `load_gate_rules(text, source)` reads only `gate:`. `read_yaml` and `write_yaml` are the project's only
+YAML reader and writer.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import io
@@ -24,7 +23,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from stages.cli import UserError
+from stages.common.errors import UserError
 
 # What numpy's and torch's seeding (`set_seed`) accept: an unsigned 32-bit integer.
 MAX_SEED = 2**32 - 1
@@ -201,8 +200,22 @@ def write_yaml(path: Path, data: Any) -> None:
     path.write_text(stream.getvalue())
 
 
+def with_overrides(tree: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A copy of the params mapping `tree` with each section of `overrides` updated key by key."""
+    result = copy.deepcopy(tree)
+    for section, values in overrides.items():
+        result.setdefault(section, {}).update(copy.deepcopy(values))
+    return result
+
+
+def override_params_file(path: Path, overrides: dict[str, dict[str, Any]]) -> None:
+    """Apply `overrides` to the params file at `path` in place, keeping every other key, as an edit would."""
+    write_yaml(path, with_overrides(read_yaml(path.read_text(), path) or {}, overrides))
+
+
 def load_params(path: Path = Path("params.yaml")) -> Params:
     """Read and validate `path`; raise `ParamsError` naming the first problem found."""
+    # Every stage reads its settings here, so a misspelled key or a bad value fails before any work starts.
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
@@ -239,9 +252,7 @@ def _build(cls: type, raw: Any, path: Path, prefix: str) -> Any:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             allowed = ", ".join(fields)
-            raise ParamsError(
-                f"{path}: unknown key '{prefix}{key}'{hint}; {where} takes: {allowed}"
-            )
+            raise ParamsError(f"{path}: unknown key '{prefix}{key}'{hint}; {where} takes: {allowed}")
     values = {}
     for name, f in fields.items():
         key = f"{prefix}{name}"
@@ -279,9 +290,7 @@ def _check_value(value: Any, hint: Any, rule: typing.Mapping[str, Any], key: str
     else:
         ok = isinstance(value, base) and not isinstance(value, bool)
     if not ok:
-        raise ParamsError(
-            f"{path}: {key} = {_short(value)} has the wrong type; expected {_describe(allowed, rule)}"
-        )
+        raise ParamsError(f"{path}: {key} = {_short(value)} has the wrong type; expected {_describe(allowed, rule)}")
     if base is float:
         value = float(value)
         if not math.isfinite(value):

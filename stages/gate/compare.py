@@ -1,24 +1,9 @@
 """The metric gate: does the candidate run lose quality against the base beyond noise?
 
-    python -m stages.gate --base origin/main          # base: the files committed at a git revision
-    python -m stages.gate --base-run /tmp/base-run    # base: the outputs of a run in a folder
+    python -m stages.gate --base origin/main    # or --base-run DIR; the candidate: the workspace or --candidate-run DIR
 
-The candidate is the workspace (or `--candidate-run DIR`). Each side is `metrics.json`, the
-per-example `reports/predictions.csv` and `reports/eval_info.json` (what the metrics were computed on).
-The base's rules judge: section `gate:` of the base's `params.yaml` (at `--base REV`, or in the
-`--base-run` folder), never the candidate's, unless `--rules FILE` names another params file.
-
-For each metric in section `gate.metrics` (direction, absolute tolerance):
-- a change no worse than the tolerance passes;
-- a larger drop fails only if it is statistically significant: with predictions for the same eval
-  examples on both sides, by a seeded paired bootstrap (plus McNemar's exact test for accuracy);
-  otherwise accuracy gets a two-sample binomial interval; with `--seed-noise FILE` (from
-  `python -m stages.seeds`), the spread of the metric over training seeds is the noise instead;
-- a drop with no way to estimate its noise fails.
-
-Sides that cannot be compared (missing or unreadable metrics, different eval examples, different
-profiles) never pass. Exit status: 0 pass, 1 regression, 2 could not compare. The Markdown report
-goes to stdout and, with `--report FILE`, to a file.
+The base's `gate:` rules judge (or `--rules FILE`), never the candidate's. Exit status: 0 pass, 1 regression,
+2 could not compare; the Markdown report goes to stdout (and to `--report FILE`).
 """
 
 from __future__ import annotations
@@ -37,13 +22,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from stages.params import GateParams, MetricRule, ParamsError, flatten, load_gate_rules, read_yaml
+from stages.common.params import GateParams, MetricRule, ParamsError, flatten, load_gate_rules, read_yaml
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
 POWER = 0.8  # the detection rate at which the report states the smallest drop the test catches
 # The sequential test over seed pairs looks from the third pair on: with two, Student's t has one
 # degree of freedom, and a look there would spend its share of the error rate on almost no power.
 FIRST_LOOK = 3
+# Each side: its metrics, per-example predictions, and what the metrics were computed on.
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "reports/predictions.csv"
 INFO_FILE = "reports/eval_info.json"
@@ -99,7 +85,9 @@ def resolve_commit(revision: str, repo: Path = Path(".")) -> str:
     """The full commit id of `revision`; `CannotCompare` if it names no commit."""
     resolved = subprocess.run(
         ["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
-        cwd=repo, capture_output=True, text=True,
+        cwd=repo,
+        capture_output=True,
+        text=True,
     )
     if resolved.returncode != 0:
         raise CannotCompare(f"base revision {revision!r} is not a commit in this repository")
@@ -112,9 +100,7 @@ def git_show(revision: str, path: str, repo: Path = Path(".")) -> str | None:
     return result.stdout if result.returncode == 0 else None
 
 
-def base_rules(
-    base_revision: str | None, base_run: Path | None, rules_file: Path | None
-) -> tuple[GateParams, str]:
+def base_rules(base_revision: str | None, base_run: Path | None, rules_file: Path | None) -> tuple[GateParams, str]:
     """The gate rules that judge, and where they came from: `rules_file`, else the base's own params.
 
     Raises `CannotCompare` when they cannot be read: the candidate's rules are never the fallback.
@@ -146,7 +132,9 @@ def read_from_dir(folder: Path, name: str | None = None) -> Side:
     return _side(name or str(folder), read(METRICS_FILE), read(INFO_FILE), read(PREDICTIONS_FILE), read(PARAMS_FILE))
 
 
-def _side(name: str, metrics_text: str | None, info_text: str | None, predictions_text: str | None, params_text: str | None) -> Side:
+def _side(
+    name: str, metrics_text: str | None, info_text: str | None, predictions_text: str | None, params_text: str | None
+) -> Side:
     if metrics_text is None:
         raise CannotCompare(f"{name}: {METRICS_FILE} is missing")
     try:
@@ -187,7 +175,9 @@ def check_comparable(base: Side, candidate: Side) -> None:
             )
 
 
-def compare(base: Side, candidate: Side, gate: GateParams, seed_noise: dict[str, Any] | None = None) -> list[MetricResult]:
+def compare(
+    base: Side, candidate: Side, gate: GateParams, seed_noise: dict[str, Any] | None = None
+) -> list[MetricResult]:
     """One result per gated metric. Raises `CannotCompare` when the sides do not match."""
     check_comparable(base, candidate)
     paired = _paired(base, candidate)
@@ -229,6 +219,7 @@ def _judge(
     b, c = float(base.metrics[name]), float(candidate.metrics[name])
     z = stats.norm.ppf(0.5 + gate.confidence / 2)
     interval, method, p_value, se, quantiles = None, "no interval", None, None, stats.norm
+    # The noise: the seed spread (--seed-noise), else a paired bootstrap on the same examples, else binomial.
     if seed_noise and name in seed_noise:
         n = int(seed_noise[name]["n"])
         # Student's t, not z: a spread measured on a handful of seeds is itself uncertain.
@@ -256,6 +247,7 @@ def _judge(
         detectable = max(rule.tolerance, float((q_conf + quantiles.ppf(POWER)) * se))
 
     worse = (b - c) if rule.direction == "higher" else (c - b)
+    # No worse than the tolerance passes; a larger drop fails if significant, or if its noise is unknown.
     if worse <= rule.tolerance + 1e-12:
         verdict = "pass"
     elif interval is None:
@@ -316,17 +308,14 @@ def mcnemar_p(base: pd.DataFrame, candidate: pd.DataFrame) -> float:
 def compare_over_seeds(
     gate: GateParams, pairs: list[tuple[dict[str, float], dict[str, float]]], looks: int = 1
 ) -> list[MetricResult]:
-    """One result per gated metric from runs paired by training seed: `pairs[i]` is (base metrics,
-    candidate metrics) of pair i. The noise is the spread of the pairs' differences (Student's t on
-    their mean), so a change that barely moves training needs few pairs to judge.
+    """One result per gated metric from runs paired by training seed: `pairs[i]` is (base, candidate) metrics.
 
-    `looks`: how many times a sequential test looks at growing `pairs`. Each look and each metric gets
-    Bonferroni's share of the error rate, so that the chance of a false alarm over them all stays at
-    most the one-sided 1 - `gate.confidence`.
+    `looks`: how many times a sequential test looks at growing `pairs`.
     """
     n = len(pairs)
     if n < 2:
         raise ValueError("judging over seeds needs at least two pairs of runs")
+    # Each look and metric gets Bonferroni's share: false alarms over all stay within one-sided 1 - confidence.
     confidence = seed_pairs_confidence(gate, looks)
     quantiles = stats.t(df=n - 1)
     q_conf = quantiles.ppf(0.5 + confidence / 2)
@@ -334,6 +323,7 @@ def compare_over_seeds(
     for name, rule in gate.metrics.items():
         base = np.array([float(b[name]) for b, _ in pairs])
         candidate = np.array([float(c[name]) for _, c in pairs])
+        # The noise is the spread of same-seed differences: a change that barely moves training needs few pairs.
         differences = candidate - base
         se = float(differences.std(ddof=1) / np.sqrt(n))
         mean = float(differences.mean())
@@ -345,10 +335,19 @@ def compare_over_seeds(
             significant = interval[1] < 0 if rule.direction == "higher" else interval[0] > 0
             verdict = "regression" if significant else "pass (within noise)"
         detectable = max(rule.tolerance, float((q_conf + quantiles.ppf(POWER)) * se))
-        results.append(MetricResult(
-            name, float(base.mean()), float(candidate.mean()), interval, f"{n} seed pairs, t", None,
-            rule.tolerance, verdict, detectable,
-        ))
+        results.append(
+            MetricResult(
+                name,
+                float(base.mean()),
+                float(candidate.mean()),
+                interval,
+                f"{n} seed pairs, t",
+                None,
+                rule.tolerance,
+                verdict,
+                detectable,
+            )
+        )
     return results
 
 
@@ -367,12 +366,9 @@ def sequential_looks(max_pairs: int) -> int:
 def sequential_status(
     gate: GateParams, pairs: list[tuple[dict[str, float], dict[str, float]]], max_pairs: int
 ) -> tuple[int | None, list[MetricResult]]:
-    """A sequential test over seed pairs, after `pairs` of at most `max_pairs`: (REGRESSION, PASS, or
-    None for "run another pair"; the results at the Bonferroni-shared confidence).
+    """A sequential test over seed pairs, after `pairs` of at most `max_pairs`: (status, results).
 
-    It looks after every pair from the `FIRST_LOOK`th on. It stops early on a regression, and on a pass once
-    every metric's interval lies within its tolerance, so that more pairs would not turn the verdict
-    (that interval is a single look's: stopping to pass costs no false alarm, so it needs no share).
+    status is REGRESSION, PASS, or None for "run another pair"; results are at the Bonferroni-shared confidence.
     """
     if len(pairs) < min(FIRST_LOOK, max_pairs):
         return None, []
@@ -381,6 +377,8 @@ def sequential_status(
         return REGRESSION, results
     if len(pairs) >= max_pairs:
         return PASS, results
+    # Pass early once every interval lies within its tolerance, so more pairs would not turn the verdict; that
+    # interval is a single look's: stopping to pass costs no false alarm, so it needs no share.
     plain = compare_over_seeds(gate, pairs)
     worst = [-r.interval[0] if gate.metrics[r.name].direction == "higher" else r.interval[1] for r in plain]
     return (PASS if all(w <= r.tolerance for w, r in zip(worst, plain, strict=True)) else None), results
@@ -393,7 +391,11 @@ def changed_params(base: dict[str, Any], candidate: dict[str, Any]) -> list[tupl
     """(key, base value, candidate value) for every params key that differs, dotted keys."""
     b, c = flatten(base), flatten(candidate)
     missing = "(absent)"
-    return [(key, b.get(key, missing), c.get(key, missing)) for key in sorted(b.keys() | c.keys()) if b.get(key, missing) != c.get(key, missing)]
+    return [
+        (key, b.get(key, missing), c.get(key, missing))
+        for key in sorted(b.keys() | c.keys())
+        if b.get(key, missing) != c.get(key, missing)
+    ]
 
 
 def render_report(
@@ -463,21 +465,6 @@ def _verdict_sentence(results: list[MetricResult]) -> str:
     return "Pass: no metric dropped beyond its tolerance."
 
 
-def run(
-    gate: GateParams,
-    base_revision: str | None,
-    base_run: Path | None,
-    candidate_run: Path | None,
-    seed_noise_file: Path | None = None,
-    names: tuple[str, str] | None = None,
-    rules_from: str | None = None,
-) -> tuple[int, str]:
-    """Compare; return the exit status and the Markdown report. `names` label (base, candidate);
-    `rules_from` says in the report where `gate` (the rules) came from."""
-    status, _, report = judge(gate, base_revision, base_run, candidate_run, seed_noise_file, names, rules_from)
-    return status, report
-
-
 def judge(
     gate: GateParams,
     base_revision: str | None,
@@ -487,7 +474,8 @@ def judge(
     names: tuple[str, str] | None = None,
     rules_from: str | None = None,
 ) -> tuple[int, list[MetricResult], str]:
-    """`run`, with the per-metric results as well: (exit status, results, Markdown report)."""
+    """Compare a candidate run with its base by the rules `gate`: (exit status, per-metric results, Markdown
+    report). `names` label (base, candidate); `rules_from` says in the report where the rules came from."""
     base = candidate = None
     base_name, candidate_name = names or (str(base_run), str(candidate_run) if candidate_run else "workspace")
     try:
@@ -521,10 +509,11 @@ def main() -> int:
     source.add_argument("--base-run", type=Path, help="folder of a run whose outputs are the base")
     parser.add_argument("--candidate-run", type=Path, help="folder of the candidate run (default: the workspace)")
     parser.add_argument(
-        "--rules", type=Path,
+        "--rules",
+        type=Path,
         help="params file whose gate: section judges (default: the base's own params.yaml, never the candidate's)",
     )
-    parser.add_argument("--seed-noise", type=Path, help="seed spread from `python -m stages.seeds` (JSON)")
+    parser.add_argument("--seed-noise", type=Path, help="seed spread from `python -m stages.gate.seeds` (JSON)")
     parser.add_argument("--report", type=Path, help="also write the Markdown report here")
     args = parser.parse_args()
     try:
@@ -532,7 +521,9 @@ def main() -> int:
     except CannotCompare as err:
         print(f"error: {err}", file=sys.stderr)
         return CANNOT_COMPARE
-    status, report = run(gate, args.base, args.base_run, args.candidate_run, args.seed_noise, rules_from=rules_from)
+    status, _, report = judge(
+        gate, args.base, args.base_run, args.candidate_run, args.seed_noise, rules_from=rules_from
+    )
     print(report)
     if args.report:
         args.report.write_text(report + "\n")

@@ -1,22 +1,8 @@
 """Training settings that depend on the device: precision, TF32, optimizer, data-loading workers.
 
-Each is a `train:` param whose default, `auto`, picks what suits the machine:
-
-| param | auto on a CUDA GPU | auto on a CPU |
-| --- | --- | --- |
-| `precision` | bf16 where the GPU supports it (Ampere and newer), else fp16 | bf16 where the CPU computes it natively (AVX512-BF16 or AMX), else fp32 |
-| `tf32` | TF32 matmuls where the GPU has them (Ampere and newer) | off (no such thing) |
-| `optimizer` | fused AdamW (one kernel per step) | fused AdamW (torch's CPU kernel) |
-| `dataloader_workers` | 4 background workers, so batches are ready when the GPU is | 0 (workers would take cores from the math) |
-
-bf16 is autocast (mixed precision): the weights, the optimizer and the loss stay fp32, the matmuls
-run in bf16. On a CPU with native bf16 that trains 1.3x the fp32 samples/s; on one without, bf16
-is emulated and slower than fp32, so `auto` keeps fp32 there. Fused AdamW updates every parameter
-in one kernel instead of a loop of per-tensor operations: the same algorithm, its step about 2.5x
-faster on a CPU (BENCHMARKS.md).
-
-An explicit value that the machine cannot honour (fp16 or TF32 without a CUDA GPU, bf16 on a GPU
-without it) is a params error, named, before any work starts.
+`device_arguments(params.train, Device.detect())` returns them as `TrainingArguments` keyword arguments. Each
+`train:` param's default, `auto`, picks what suits the machine; an explicit value that the machine cannot honour
+(fp16 or TF32 without a CUDA GPU, bf16 on a GPU without it) is a `ParamsError` before any work starts.
 """
 
 from __future__ import annotations
@@ -26,7 +12,7 @@ from typing import Any
 
 import torch
 
-from stages.params import ParamsError, TrainParams
+from stages.common.params import ParamsError, TrainParams
 
 
 @dataclass(frozen=True)
@@ -49,6 +35,7 @@ class Device:
         major, _ = torch.cuda.get_device_capability(0)
         # Native bf16 only: older GPUs emulate it, far slower than fp16.
         bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        # TF32 matmuls from Ampere (compute capability 8) on.
         return cls(cuda=True, bf16=bf16, tf32=major >= 8, name=torch.cuda.get_device_name(0))
 
 
@@ -64,23 +51,32 @@ def cpu_has_native_bf16() -> bool:
 def device_arguments(params: TrainParams, device: Device) -> dict[str, Any]:
     """`TrainingArguments` keyword arguments for `params` on `device`."""
     precision = params.precision
+    # bf16 is autocast: weights, optimizer and loss stay fp32. Emulated on a CPU without it, slower than fp32.
     if precision == "auto":
         precision = "bf16" if device.bf16 else "fp16" if device.cuda else "fp32"
     if precision == "fp16" and not device.cuda:
-        raise ParamsError(f"train.precision = 'fp16' needs a CUDA GPU, and this machine has none ({device.name}); expected 'auto', 'fp32' or 'bf16'")
+        raise ParamsError(
+            f"train.precision = 'fp16' needs a CUDA GPU, and this machine has none ({device.name}); expected 'auto', 'fp32' or 'bf16'"
+        )
     if precision == "bf16" and device.cuda and not device.bf16:
-        raise ParamsError(f"train.precision = 'bf16': the GPU {device.name} does not support bf16; expected 'auto', 'fp16' or 'fp32'")
+        raise ParamsError(
+            f"train.precision = 'bf16': the GPU {device.name} does not support bf16; expected 'auto', 'fp16' or 'fp32'"
+        )
 
     tf32 = device.tf32 if params.tf32 == "auto" else params.tf32 == "on"
     if tf32 and not device.tf32:
-        raise ParamsError(f"train.tf32 = 'on': {device.name} has no TF32 matmuls (a CUDA GPU of the Ampere generation or newer does); expected 'auto' or 'off'")
+        raise ParamsError(
+            f"train.tf32 = 'on': {device.name} has no TF32 matmuls (a CUDA GPU of the Ampere generation or newer does); expected 'auto' or 'off'"
+        )
 
     optimizer = params.optimizer
+    # Fused AdamW: the same algorithm, one kernel instead of a loop of per-tensor operations (BENCHMARKS.md).
     if optimizer == "auto":
         optimizer = "adamw_torch" if device.mps else "adamw_torch_fused"
 
     workers = params.dataloader_workers
     if workers is None:
+        # On a GPU, workers have batches ready when it is; on a CPU they would take cores from the math.
         workers = 4 if device.cuda else 0
 
     return {
@@ -91,6 +87,7 @@ def device_arguments(params: TrainParams, device: Device) -> dict[str, Any]:
         "dataloader_num_workers": workers,
         "dataloader_pin_memory": device.cuda,
         "torch_compile": params.torch_compile,
-        # Said outright on a CPU: bf16 autocast and multi-process (gloo) training need it there.
+        # Said outright on a CPU: bf16 autocast and multi-process (gloo) training need it there (without
+        # it each process of a multi-process run would silently train alone on all the data).
         "use_cpu": not (device.cuda or device.mps),
     }

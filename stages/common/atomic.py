@@ -1,8 +1,6 @@
 """Write stage outputs atomically: to a temporary sibling first, then rename into place.
 
-A stage that crashes half-way leaves its previous output (or nothing) at the final path, never a
-half-written file or folder. A process killed outright (SIGKILL) cannot clean up its temporary
-sibling; the next write to the same path removes it (its name carries the dead process's id).
+`with atomic_dir(path) as tmp:` or `with atomic_file(path) as tmp:`, then write `tmp`; `write_json(path, data)`.
 """
 
 from __future__ import annotations
@@ -43,6 +41,7 @@ def _sweep_leftovers(path: Path) -> None:
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces `path` whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A process killed outright (SIGKILL) cannot clean up: its pid in the name lets the next write do it.
     _sweep_leftovers(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:

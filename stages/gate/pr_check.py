@@ -1,28 +1,10 @@
 """The pull-request check, exactly as CI runs it: `make pr-check BASE=<rev>`.
 
-A CI runner has no GPU, so it cannot rerun the full profile, and comparing a small CI run against
-the committed full-profile metrics would be meaningless. Instead both sides run the same CPU smoke
-profile (`profiles/smoke.yaml`: sizes only) on the same eval examples.
+    python -m stages.gate.pr_check --base origin/main --report pr-check.md
 
-The base judges: `python -m stages.pr_check --base REV` only checks out REV and hands over to REV's
-own `stages.pr_check` (`--head-repo`), whose gate code, gate rules and smoke profile then judge this
-checkout. Nothing the pull request changes in them applies to its own check. The judge then runs:
-
-1. a git worktree of BASE, and one of HEAD with the working tree's uncommitted changes laid on top;
-2. in each, the smoke sizes override that side's own `params.yaml` (every other param is the side's
-   own, so a change to the recipe shows), then `dvc repro`, sharing the repository's DVC cache (and
-   run cache), so stages that already ran with the same inputs are restored, not rerun;
-3. `stages.gate` compares head against base (`--base-run`), with paired tests on the same eval
-   examples;
-4. if any metric is worse beyond its tolerance, that single pair of trained models cannot say whether
-   the change or the training seed did it. So both sides rerun with the same further training seeds
-   (up to `--confirm-seeds`), and a sequential t-test of the mean same-seed difference decides
-   (`gate.sequential_status`), stopping as soon as the answer is clear;
-5. the committed full-profile metrics (`dvc metrics diff BASE HEAD`) are shown beside it, not gated.
-
-The Markdown report goes to stdout and `--report`; the exit status is the gate's (0 pass,
-1 regression, 2 could not compare, including a side whose pipeline failed, a base whose rules or
-profile cannot be read, and a profile that sets more than sizes).
+The base judges: its own check, gate rules and smoke profile (`profiles/smoke.yaml`, sizes only) run both sides
+at smoke sizes and compare them; a drop beyond a tolerance is judged again over up to `--confirm-seeds` more
+training seeds. The exit status is the gate's: 0 pass, 1 regression, 2 could not compare.
 """
 
 from __future__ import annotations
@@ -39,9 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stages import gate
-from stages.params import GateParams, ParamsError, load_gate_rules, load_params, read_yaml, write_yaml
+from stages.common.params import GateParams, ParamsError, load_gate_rules, load_params, override_params_file, read_yaml
+from stages.gate import compare
 
+# Both sides run this CPU smoke profile: CI has no GPU for the full one, and a small run says nothing of full metrics.
 DEFAULT_PROFILE = Path("profiles/smoke.yaml")
 # What a smoke profile may set: sizes, and the profile's name. Anything else would change the recipe
 # that both sides are judged on.
@@ -52,6 +35,8 @@ SIZE_KEYS = {
     "train": ("epochs", "max_steps"),
     "evaluate": ("profile",),
 }
+# Where a base keeps its pull-request check: this layout, then the one before stages/ had subpackages.
+BASE_ENTRY_POINTS = (("stages.gate.pr_check", "stages/gate/pr_check.py"), ("stages.pr_check", "stages/pr_check.py"))
 DEFAULT_CONFIRM_SEEDS = 4  # the fewest extra seed pairs that caught as much as 8 (BENCHMARKS.md section 5)
 
 
@@ -70,9 +55,7 @@ def read_profile(path: Path) -> dict[str, dict[str, Any]]:
     for section, values in profile.items():
         for key in values:
             if key not in SIZE_KEYS.get(section, ()):
-                raise ParamsError(
-                    f"{path}: '{section}.{key}' is not a size; a smoke profile may set only {allowed}"
-                )
+                raise ParamsError(f"{path}: '{section}.{key}' is not a size; a smoke profile may set only {allowed}")
     return profile
 
 
@@ -81,14 +64,6 @@ def git(*args: str, cwd: Path) -> str:
     if result.returncode != 0:
         raise SideFailed(f"git {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout
-
-
-def apply_profile(params_file: Path, profile: dict[str, dict[str, Any]]) -> None:
-    """Override `params_file`'s values with the profile's (sizes only), keeping everything else."""
-    params = read_yaml(params_file.read_text(), params_file) or {}
-    for section, values in profile.items():
-        params.setdefault(section, {}).update(values)
-    write_yaml(params_file, params)
 
 
 def head_worktree(repo: Path, target: Path) -> None:
@@ -118,18 +93,23 @@ def share_cache(repo: Path, side: Path) -> None:
     what changed."""
     cache = subprocess.run(["dvc", "cache", "dir"], cwd=repo, env=dvc_env(), capture_output=True, text=True)
     if cache.returncode == 0 and cache.stdout.strip():
-        subprocess.run(["dvc", "cache", "dir", "--local", cache.stdout.strip()], cwd=side, env=dvc_env(), capture_output=True)
+        subprocess.run(
+            ["dvc", "cache", "dir", "--local", cache.stdout.strip()], cwd=side, env=dvc_env(), capture_output=True
+        )
 
 
 def smoke_run(side: Path, profile: dict[str, dict[str, Any]], log_file: Path) -> float:
     """Run the pipeline at the smoke sizes in `side`; return its wall time in seconds."""
-    apply_profile(side / "params.yaml", profile)
+    # Sizes only: every other param stays the side's own, so a change to the recipe shows.
+    override_params_file(side / "params.yaml", profile)
     started = time.perf_counter()
     with log_file.open("w") as log:
         result = subprocess.run(["dvc", "repro"], cwd=side, env=dvc_env(), stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         tail = "\n".join(log_file.read_text().strip().splitlines()[-15:])
-        raise SideFailed(f"`dvc repro` failed in {side.name} (exit {result.returncode}); end of its log:\n```\n{tail}\n```")
+        raise SideFailed(
+            f"`dvc repro` failed in {side.name} (exit {result.returncode}); end of its log:\n```\n{tail}\n```"
+        )
     return time.perf_counter() - started
 
 
@@ -151,7 +131,7 @@ def run_seed(side: Path, seed: int, work: Path) -> dict[str, float]:
     """Rerun `side`'s smoke run at training seed `seed` (only train and evaluate rerun: DVC skips the
     unchanged data stages); its metrics."""
     smoke_run(side, {"train": {"seed": seed}}, work / f"{side.name}-seed-{seed}.log")
-    return json.loads((side / gate.METRICS_FILE).read_text())
+    return json.loads((side / compare.METRICS_FILE).read_text())
 
 
 def confirm_with_seeds(
@@ -161,7 +141,7 @@ def confirm_with_seeds(
     extra seeds (each side's own seed + 1, + 2, ...), and a sequential t-test of the mean same-seed
     difference decides after each pair, stopping as soon as the answer is clear."""
     first_seed = {name: load_params(side / "params.yaml").train.seed for name, side in sides.items()}
-    first = tuple(json.loads((sides[name] / gate.METRICS_FILE).read_text()) for name in ("base", "head"))
+    first = tuple(json.loads((sides[name] / compare.METRICS_FILE).read_text()) for name in ("base", "head"))
 
     def run_pair(offset: int) -> tuple[dict[str, float], dict[str, float]]:
         return tuple(run_seed(sides[name], first_seed[name] + offset, work) for name in ("base", "head"))
@@ -171,9 +151,9 @@ def confirm_with_seeds(
     # The single pair's report: its header (sides, rules, params changed), then its metrics.
     header, _, single = paired_report.partition("### Metrics")
     header = header.split("\n", 1)[1]  # without its title: the verdict is the seeds' now
-    looks = gate.sequential_looks(extra_seeds + 1)
-    confidence = gate.seed_pairs_confidence(gate_params, looks)
-    table = gate.render_report(None, None, results, status, confidence=confidence)
+    looks = compare.sequential_looks(extra_seeds + 1)
+    confidence = compare.seed_pairs_confidence(gate_params, looks)
+    table = compare.render_report(None, None, results, status, confidence=confidence)
     title, _, metrics = table.partition("\n")
     pairs_rows = "\n".join(
         f"| {b} | {h} | " + " | ".join(f"{pair[0][m]:.4f} → {pair[1][m]:.4f}" for m in gate_params.metrics) + " |"
@@ -185,13 +165,15 @@ def confirm_with_seeds(
         "The single pair of runs found a drop beyond the tolerance (its report is at the end), but two "
         "trained models differ by their training seeds as well as by the change. So both sides reran "
         "with the same further training seeds, and the change is judged by the mean same-seed "
-        f"difference over {len(runs)} pairs (Student's t). It looks from pair {min(gate.FIRST_LOOK, extra_seeds + 1)} "
+        f"difference over {len(runs)} pairs (Student's t). It looks from pair {min(compare.FIRST_LOOK, extra_seeds + 1)} "
         f"on, {looks} looks at most, and stops once the answer is clear; each look and metric gets its "
         f"Bonferroni share of the error rate, hence {100 * confidence:.4g}% intervals.\n\n"
         f"{metrics.replace('### Metrics', '', 1).lstrip()}\n"
         "### Seed pairs (base → head)\n\n"
         f"| base seed | head seed | {' | '.join(gate_params.metrics)} |\n| ---: | ---: |"
-        + " --- |" * len(gate_params.metrics) + f"\n{pairs_rows}\n\n"
+        + " --- |"
+        * len(gate_params.metrics)
+        + f"\n{pairs_rows}\n\n"
         "<details><summary>The single pair's report</summary>\n\n### Metrics" + single + "\n</details>\n"
     )
 
@@ -201,20 +183,20 @@ def over_seeds(
     first: tuple[dict[str, float], dict[str, float]],
     run_pair: Callable[[int], tuple[dict[str, float], dict[str, float]]],
     extra_seeds: int,
-) -> tuple[int, list[gate.MetricResult], list[tuple[dict[str, float], dict[str, float]]]]:
+) -> tuple[int, list[compare.MetricResult], list[tuple[dict[str, float], dict[str, float]]]]:
     """The sequential test over seed pairs: `first` is the single pair's (base, head) metrics, and
     `run_pair(k)` gives pair k's, run at each side's seed + k, for k = 1 .. `extra_seeds` until the
     test decides. Returns (status, the last look's results, every pair run)."""
     pairs = [first]
     for offset in range(1, extra_seeds + 1):
         pairs.append(run_pair(offset))
-        status, results = gate.sequential_status(gate_params, pairs, max_pairs=extra_seeds + 1)
+        status, results = compare.sequential_status(gate_params, pairs, max_pairs=extra_seeds + 1)
         if status is not None:
             return status, results, pairs
     raise ValueError("over_seeds needs at least one extra seed")
 
 
-def needs_seeds(results: list[gate.MetricResult]) -> bool:
+def needs_seeds(results: list[compare.MetricResult]) -> bool:
     """Whether the single pair's verdict needs the seeds: any metric worse beyond its tolerance,
     significant or not (a regression among them), since its noise leaves out the training seed's."""
     return any(r.verdict != "pass" for r in results)
@@ -231,7 +213,7 @@ def committed_metrics_diff(repo: Path, base: str) -> str:
 
 
 def cannot_compare(reason: str) -> tuple[int, str]:
-    return gate.CANNOT_COMPARE, gate.render_report(None, None, [], gate.CANNOT_COMPARE, reason)
+    return compare.CANNOT_COMPARE, compare.render_report(None, None, [], compare.CANNOT_COMPARE, reason)
 
 
 def run(
@@ -239,18 +221,17 @@ def run(
 ) -> tuple[int, str]:
     """Judge `repo`'s HEAD and uncommitted changes against `base`; return the exit status and the report.
 
-    This is the judge: it runs from a checkout of `base`, and its own rules (`params.yaml`'s `gate:`),
-    profile (`profile_file`, relative to it) and gate code decide. `confirm_seeds`: at most how many
-    more training seeds both sides run when the single pair is worse (0: trust the single pair).
+    Run from a checkout of `base`; `confirm_seeds`: at most how many more training seeds both sides run (0: none).
     """
+    # This is the judge: its own rules (`params.yaml`'s `gate:`), profile (relative to it) and gate code decide.
     repo, judge = repo.resolve(), Path.cwd().resolve()
-    if not Path(gate.__file__).resolve().is_relative_to(judge):
-        return cannot_compare(f"the judge's code is {gate.__file__}, not the base's checkout {judge}")
+    if not Path(compare.__file__).resolve().is_relative_to(judge):
+        return cannot_compare(f"the judge's code is {compare.__file__}, not the base's checkout {judge}")
     try:
-        commit = gate.resolve_commit(base, repo)
+        commit = compare.resolve_commit(base, repo)
         profile = read_profile(judge / profile_file)
         gate_params = load_gate_rules((judge / "params.yaml").read_text(), f"{base}:params.yaml")
-    except (gate.CannotCompare, ParamsError, OSError) as err:
+    except (compare.CannotCompare, ParamsError, OSError) as err:
         return cannot_compare(f"{err}; the check judges by the base's rules and profile only, never the head's")
     judged_by = (
         f"Judged by `{base}` ({commit[:10]}): its pull-request check, gate code, gate rules and smoke profile; "
@@ -266,16 +247,17 @@ def run(
             timings[name] = smoke_run(side, profile, work / f"{name}.log")
         names = (f"{base} (smoke run)", "HEAD (smoke run)")
         rules_from = f"{base} ({commit[:10]}):params.yaml"
-        status, results, report = gate.judge(
+        status, results, report = compare.judge(
             gate_params, None, sides["base"], sides["head"], names=names, rules_from=rules_from
         )
         at_chance = base_at_chance(sides["base"])
+        # One pair of trained models cannot tell the change from the training seed: judge again over seeds.
         if needs_seeds(results) and confirm_seeds > 0 and not at_chance:
             started = time.perf_counter()
             status, report = confirm_with_seeds(gate_params, sides, confirm_seeds, work, paired_report=report)
             timings["seeds"] = time.perf_counter() - started
-        if at_chance and status == gate.PASS:
-            status = gate.CANNOT_COMPARE
+        if at_chance and status == compare.PASS:
+            status = compare.CANNOT_COMPARE
             report = report.replace("## Metric gate: PASS", "## Metric gate: FAIL: cannot compare", 1)
             report += f"\n**Could not compare:** {at_chance}\n"
     except SideFailed as err:
@@ -300,7 +282,7 @@ def run(
 
 
 def hand_over(base: str, judge_args: list[str], work: Path) -> int:
-    """Check out `base` and run its own `stages.pr_check` on this checkout: the base judges.
+    """Check out `base` and run its own `stages.gate.pr_check` on this checkout: the base judges.
 
     The one step of the check that runs this checkout's code: it only makes the base's worktree and
     calls into it. Returns the judge's exit status.
@@ -312,10 +294,11 @@ def hand_over(base: str, judge_args: list[str], work: Path) -> int:
     except SideFailed as err:
         return report_cannot_compare(f"base revision {base!r} cannot be checked out ({err})", judge_args)
     try:
-        if not (judge / "stages" / "pr_check.py").is_file():
-            return report_cannot_compare(f"{base} has no stages/pr_check.py to judge with", judge_args)
+        entry = next((module for module, file in BASE_ENTRY_POINTS if (judge / file).is_file()), None)
+        if entry is None:
+            return report_cannot_compare(f"{base} has no {BASE_ENTRY_POINTS[0][1]} to judge with", judge_args)
         # `python -m` in the base's checkout imports the base's `stages` first (`run` checks that it did).
-        command = [sys.executable, "-m", "stages.pr_check", "--head-repo", str(repo), "--work", str(work), *judge_args]
+        command = [sys.executable, "-m", entry, "--head-repo", str(repo), "--work", str(work), *judge_args]
         return subprocess.run(command, cwd=judge, env=dvc_env()).returncode
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(judge)], cwd=repo, capture_output=True)
@@ -334,11 +317,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="git revision to compare against (e.g. origin/main)")
     parser.add_argument(
-        "--profile", type=Path,
+        "--profile",
+        type=Path,
         help=f"size overrides (YAML), a path in the base's checkout (default: the base's {DEFAULT_PROFILE})",
     )
     parser.add_argument(
-        "--confirm-seeds", type=int, metavar="N",
+        "--confirm-seeds",
+        type=int,
+        metavar="N",
         help="when the single pair of runs finds a drop beyond a tolerance, rerun both sides with up to N more "
         f"training seeds, paired (default: the base's, here {DEFAULT_CONFIRM_SEEDS}; 0: trust the single pair)",
     )
@@ -346,6 +332,7 @@ def main() -> int:
     parser.add_argument("--head-repo", type=Path, help=argparse.SUPPRESS)  # set by hand_over: this is the judge
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Not the judge yet: hand over to the base's own check, so nothing the pull request changes judges it.
     if args.head_repo is None:
         with tempfile.TemporaryDirectory(prefix="pr-check-") as work:
             return hand_over(args.base, judge_args(args), Path(work))

@@ -1,0 +1,1 @@
+"""Scores, as train and evaluate compute them, with the `evaluate` metric modules shipped in `modules/`."""
