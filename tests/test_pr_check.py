@@ -104,11 +104,11 @@ def judge_itself(repo: Path) -> None:
     write_yaml(repo / "params.yaml", params)
     write_yaml(repo / "profiles" / "smoke.yaml", with_overrides(TEST_PROFILE, {"train": {"learning_rate": 0.003}}))
     always_pass = 'return REGRESSION if any(r.verdict == "regression" for r in results) else PASS'
-    edit(repo / "stages" / "gate.py", always_pass, "return PASS")
+    edit(repo / "stages" / "gate" / "compare.py", always_pass, "return PASS")
     size_keys = '"train": ("epochs", "max_steps"),'
-    edit(repo / "stages" / "pr_check.py", size_keys, '"train": ("epochs", "max_steps", "learning_rate"),')
+    edit(repo / "stages" / "gate" / "pr_check.py", size_keys, '"train": ("epochs", "max_steps", "learning_rate"),')
     # Its default: trust the single pair, never run the seeds (the report shows the base's seeds ran).
-    pr_check_py = repo / "stages" / "pr_check.py"
+    pr_check_py = repo / "stages" / "gate" / "pr_check.py"
     pr_check_py.write_text(
         re.sub(
             r"^DEFAULT_CONFIRM_SEEDS = .*$",
