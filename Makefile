@@ -10,14 +10,14 @@ export PATH := $(abspath $(dir $(PYTHON))):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM ?= true
 
-.PHONY: setup repro test test-fast clean-venv
+.PHONY: setup repro test test-fast lock clean-venv
 
 setup: $(STAMP)
 
 # Reinstalls only when the pinned requirements or the project metadata change.
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet pip==26.3
 	$(PYTHON) -m pip install --quiet -r requirements.txt
 	$(PYTHON) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -32,6 +32,17 @@ test: $(SETUP)
 # The unit tier: no `dvc`, no stage command lines in subprocesses, no training beyond the tiny model.
 test-fast: $(SETUP)
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The lock: requirements.txt pins every package requirements.in pulls in, for Linux x86_64 and Python
+# 3.11 with torch's CPU build. torch is written without its local label (+cpu), so pip takes the CPU
+# wheel where an index offers one and PyPI's CUDA build elsewhere (which adds its nvidia-* libraries).
+# LOCK_ARGS says where the CPU wheel is (a mirror: --find-links DIR or --extra-index-url URL).
+LOCK_ARGS ?= --extra-index-url https://download.pytorch.org/whl/cpu
+lock: $(SETUP)
+	$(VENV)/bin/uv pip compile requirements.in --quiet --python-version 3.11 \
+	    --python-platform x86_64-manylinux_2_28 --index-strategy unsafe-best-match \
+	    --custom-compile-command "make lock" $(LOCK_ARGS) -o requirements.txt
+	sed -i 's/^torch==\([0-9.]*\)+[a-z0-9]*$$/torch==\1/' requirements.txt
 
 clean-venv:
 	rm -rf $(VENV)

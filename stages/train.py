@@ -40,7 +40,7 @@ from stages.metrics import scoring
 from stages.training import checkpoints, distributed, model_card
 from stages.training.devices import Device, device_arguments
 from stages.training.dvclive_callback import LiveMetrics
-from stages.training.environment import software_environment
+from stages.training.environment import environment_record, precision_name
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def run(
         return history
     # Scored as the evaluate stage scores metrics.json (stages/metrics/scoring.py): the model card's metrics.
     scores = scoring.score(last_eval["logits"], last_eval["labels"], num_labels)
-    environment = software_environment()
+    environment = environment_record(device_args)
     card = model_card.model_card(
         model_path=str(model_out),
         model=classifier,
@@ -214,7 +214,6 @@ def run(
         scores=scores,
         history=history,
         environment=environment,
-        precision=precision_name(device_args),
     )
     with atomic_dir(model_out) as tmp:
         classifier.save_pretrained(tmp, safe_serialization=True)
@@ -242,10 +241,6 @@ class SequentialEvalTrainer(Trainer):
         # `min(n // (4 * batch), 50)` batches, so each is padded nearly to the longest review. In order, the
         # logits map back to the examples; with several processes the Trainer gathers batches back in order.
         return torch.utils.data.SequentialSampler(eval_dataset)
-
-
-def precision_name(device_args: dict) -> str:
-    return "bf16" if device_args["bf16"] else "fp16" if device_args["fp16"] else "fp32"
 
 
 def checkpoint_fingerprint(

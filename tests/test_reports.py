@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from stages import evaluate, prepare, subset, tokenize, train
 from stages.common.errors import UserError
 from stages.common.params import Params, load_params
 from stages.data.tokenized import TokenizedExamples
 from stages.metrics import scoring
-from stages.training.environment import software_environment
+from stages.training.devices import Device, device_arguments
+from stages.training.environment import environment_record
 from tests.helpers import run_cmd, stage_env, tiny_overrides, write_params
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -124,7 +126,11 @@ def test_model_card_in_the_model_folder_holds_the_run(evaluated: dict) -> None:
     per_class = pd.read_csv(evaluated["per_class.csv"])
     assert f"| 0 | {per_class['precision'][0]:.4f} | {per_class['recall'][0]:.4f} | {per_class['f1'][0]:.4f} |" in card
     environment = json.loads((evaluated["root"] / "environment.json").read_text())
-    assert environment == software_environment()
+    assert environment == environment_record(device_arguments(params.train, Device.detect()))
+    assert (environment["precision"], environment["cpu_instructions"].split()[0]) == (
+        "fp32",
+        torch.backends.cpu.get_cpu_capability(),
+    )
     assert f"| torch | `{environment['torch']}` |" in card
     assert f"Base model: `{params.model.name}`" in card
     assert f"Dataset: `{params.data.dataset}`, revision default branch (not pinned)" in card

@@ -28,7 +28,6 @@ def model_card(
     scores: Scores,
     history: pd.DataFrame,
     environment: dict[str, str],
-    precision: str,
 ) -> str:
     """The card as Markdown. `model_path` is where users find the folder (`models/model`); `params`
     holds each stage's section as that stage recorded it; `history` is the per-epoch evaluation."""
@@ -76,7 +75,7 @@ def model_card(
             lines.append(f"| {name} | {metrics[name]:.4f} | | mean cross-entropy |")
     lines += [
         "",
-        f"The final model's predictions on the eval subset, computed in {precision}: the same numbers as "
+        f"The final model's predictions on the eval subset, computed in {environment['precision']}: the same numbers as "
         "`metrics.json` from the `evaluate` stage (which computes in fp32, so mixed-precision runs can differ "
         "in the last digits). The intervals cover the choice of eval examples only, not the training seed; "
         "see the README's multi-seed baseline for that.",
