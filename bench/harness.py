@@ -24,8 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from stages.common.params import read_yaml, with_overrides
-from tests.helpers import REPO_ROOT, new_project, stage_env
+from stages.common.params import with_overrides
+from tests.helpers import REPO_ROOT, new_project, stage_args, stage_env
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -84,15 +84,6 @@ def measure(args: list[str], cwd: Path, log: Path, check: bool = True) -> Measur
         tail = "\n".join(result.text().splitlines()[-30:])
         raise SystemExit(f"bench: `{shlex.join(args)}` in {cwd} exited {result.returncode}; log {log}:\n{tail}")
     return result
-
-
-def stage_args(repo: Path, stage: str) -> list[str]:
-    """The stage's command exactly as dvc.yaml writes it, with this venv's python."""
-    cmd = read_yaml((repo / "dvc.yaml").read_text(), "dvc.yaml")["stages"][stage]["cmd"]
-    args = shlex.split(cmd)
-    if args[0] == "python":
-        args[0] = sys.executable
-    return args
 
 
 def run_stage(repo: Path, stage: str, logs: Path, log_name: str | None = None) -> Measured:

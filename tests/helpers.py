@@ -8,8 +8,10 @@ weights, so no Hub access is ever needed.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,12 @@ def run_cmd(args: list[str], cwd: Path, check: bool = True, timeout: float = 600
             f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
         )
     return result
+
+
+def stage_args(repo: Path, stage: str) -> list[str]:
+    """The stage's command exactly as `repo`'s dvc.yaml writes it, with this venv's python."""
+    args = shlex.split(read_yaml((repo / "dvc.yaml").read_text(), "dvc.yaml")["stages"][stage]["cmd"])
+    return [sys.executable, *args[1:]] if args[0] == "python" else args
 
 
 def new_project(repo: Path, overrides: dict[str, dict[str, Any]]) -> Path:

@@ -1,10 +1,13 @@
 """Multi-process training: the train stage launches itself with torchrun, and the processes train
-as one data-parallel run (gloo on CPUs), with one set of outputs."""
+as one data-parallel run (gloo on CPUs), with one set of outputs, on one node or two."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 
 from stages.common.params import Params, ParamsError
 from stages.training import distributed
-from tests.helpers import run_cmd, set_params
+from tests.helpers import run_cmd, set_params, stage_args, stage_env
 
 
 def test_batch_size_is_split_over_the_processes(tiny_params: Params) -> None:
@@ -73,3 +76,36 @@ def test_two_cpu_processes_train_as_one_run_and_write_one_set_of_outputs(project
     assert len(list((project / "models" / "model").glob("*.safetensors"))) == 1
     assert f"| accuracy | {metrics['accuracy']:.4f} |" in (project / "models" / "model" / "README.md").read_text()
     assert not (project / "checkpoints" / "train").exists()  # deleted once the model is written
+
+    # Two nodes x 1 process, on loopback: the same run as 1 node x 2 processes, so the same metrics.
+    node1 = project.parent / "node1"  # a second machine's checkout: its own copy, with the same data
+    shutil.copytree(project, node1, ignore=shutil.ignore_patterns("models", "reports", "dvclive", "metrics.json"))
+    two_nodes = {"train": {"nproc_per_node": 1, "nnodes": 2, "master_addr": "127.0.0.1", "master_port": free_port()}}
+    for checkout in (project, node1):
+        set_params(checkout, two_nodes)
+    one_node_metrics = (project / "metrics.json").read_text()
+    env = {**stage_env(), "OMP_NUM_THREADS": "1"}  # each process one of the two cores, as torchrun gives 1 x 2
+    nodes = [
+        subprocess.Popen(
+            stage_args(checkout, "train"),
+            cwd=checkout,
+            env={**env, "NODE_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank, checkout in enumerate((project, node1))
+    ]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(logs)
+    assert all("launching 2 training processes with torchrun" in log for log in logs), logs
+    run_cmd(stage_args(project, "evaluate"), project)
+    assert (project / "metrics.json").read_text() == one_node_metrics
+    assert list(pd.read_csv(project / "reports" / "train_epochs.csv")["step"]) == [10]
+    assert not (node1 / "models").exists()  # only the main process, on node 0, writes outputs
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
