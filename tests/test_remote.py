@@ -278,3 +278,17 @@ def test_pull_without_credentials_or_from_a_missing_bucket_fails_clearly(pushed:
     # Nothing was half-pulled into the workspace.
     for output in CACHED_OUTPUTS:
         assert not (clone / output).exists(), output
+
+
+def test_the_model_registry_gets_a_tagged_version_from_the_remote(pushed: Pushed) -> None:
+    """dvc.yaml's `artifacts:` entry: a version tag, then `dvc artifacts get` into an empty folder."""
+    run_cmd(["git", "tag", "-a", "model@v1.0.0", "-m", "model v1.0.0"], pushed.repo)
+    try:
+        out = pushed.workdir / "registry-get"
+        run(["dvc", "artifacts", "get", str(pushed.repo), "model", "-o", str(out)], pushed.workdir)
+        model = pushed.repo / "models" / "model"
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in model.iterdir())
+        for path in model.iterdir():
+            assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    finally:
+        run_cmd(["git", "tag", "-d", "model@v1.0.0"], pushed.repo)
