@@ -85,7 +85,11 @@ def run(params: DataParams, out_dir: Path, raw_dir: Path = RAW_DIR) -> dict[str,
             pq.write_table(table, tmp / f"{split}.parquet")
         # The params this data came from, carried forward by tokenize and subset so the model card
         # can name the data without evaluate reading any section of params.yaml but its own.
-        write_json(tmp / "meta.json", {"params": {"data": dataclasses.asdict(params)}, "test_texts_in_train": leaked})
+        meta = {"params": {"data": dataclasses.asdict(params)}, "test_texts_in_train": leaked}
+        commit = dataset_commit(params, raw_dir)
+        if commit:  # the commit a null (or branch) `data.revision` resolved to: what the data really was
+            meta["dataset_commit"] = commit
+        write_json(tmp / "meta.json", meta)
     return {split: len(frame) for split, frame in splits.items()}
 
 
@@ -111,6 +115,13 @@ def load_splits(params: DataParams, raw_dir: Path = RAW_DIR) -> dict[str, pd.Dat
         splits = _stratified_split(_validated(_read(path), source, params), source, params)
     _check_classes(splits, source)
     return splits
+
+
+def dataset_commit(params: DataParams, raw_dir: Path = RAW_DIR) -> str | None:
+    """The Hub commit `params.dataset` was read from; None for synthetic or local data."""
+    if params.dataset == SYNTHETIC or _local_path(params.dataset, raw_dir) is not None:
+        return None
+    return hub.snapshot_commit(hub.resolve_dataset(params.dataset, params.revision))
 
 
 def _local_path(dataset: str, raw_dir: Path) -> Path | None:

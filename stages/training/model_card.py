@@ -1,7 +1,8 @@
 """The model card: `README.md` in the model folder, as on the Hugging Face Hub, so a model's facts travel with it.
 
-`model_card(model_path=..., model=..., params=..., meta=..., scores=..., ...)` returns the Markdown: base model,
-data, every stage's params, metrics with intervals (`stages/metrics/scoring.py`), environment, how to load it.
+`model_card(model_path=..., model=..., params=..., meta=..., scores=..., ...)` returns the Markdown: a Hub header
+(`model-index`: the eval results), base model and data with the Hub commits they resolved to, every stage's params,
+metrics with intervals (`stages/metrics/scoring.py`), environment, how to load it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,44 @@ from stages.metrics.scoring import CONFIDENCE, Scores
 FILE_NAME = "README.md"
 
 
-def _revision(value: str | None) -> str:
-    return f"`{value}`" if value else "default branch (not pinned)"
+def _revision(value: str | None, commit: str | None) -> str:
+    pinned = f"`{value}`" if value else "default branch (not pinned)"
+    return f"{pinned}, Hub commit `{commit}`" if commit and commit != value else pinned
+
+
+def card_header(model_path: str, params: dict[str, dict], meta: dict, metrics: dict[str, float]) -> str:
+    """The card's YAML header, built with `huggingface_hub.ModelCardData`: the Hub shows its
+    `model-index` (the eval results) on the model's page. Hub ids only for what came from the Hub."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset, from_hub = params["data"]["dataset"], "dataset_commit" in meta
+    evaluated_on = {
+        "task_type": "text-classification",
+        "dataset_type": dataset,
+        "dataset_name": dataset,
+        "dataset_split": "test",
+        "dataset_revision": meta.get("dataset_commit"),
+    }
+    results = [
+        EvalResult(**evaluated_on, metric_type="accuracy", metric_name="Accuracy", metric_value=metrics["accuracy"]),
+        EvalResult(
+            **evaluated_on,
+            metric_type="f1",
+            metric_name="Macro F1",
+            metric_config="macro",
+            metric_value=metrics["macro_f1"],
+        ),
+    ]
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        base_model=params["model"]["name"] if "model_commit" in meta else None,
+        datasets=[dataset] if from_hub else None,
+        metrics=["accuracy", "f1"],
+        model_name=model_path,
+        eval_results=results,
+    )
+    return f"---\n{data.to_yaml()}\n---"
 
 
 def model_card(
@@ -38,10 +75,7 @@ def model_card(
     data, subset = params["data"], params["subset"]
     # No timestamps or machine-local paths: a forced rerun rewrites the same bytes.
     lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: text-classification",
-        "---",
+        card_header(model_path, params, meta, {name: float(metrics[name]) for name in ("accuracy", "macro_f1")}),
         "",
         f"# Model card: `{model_path}`",
         "",
@@ -51,13 +85,13 @@ def model_card(
         "",
         "## Model",
         "",
-        f"- Base model: `{params['model']['name']}`, revision {_revision(params['model']['revision'])}",
+        f"- Base model: `{params['model']['name']}`, revision {_revision(params['model']['revision'], meta.get('model_commit'))}",
         f"- Parameters: {n_parameters / 1e6:.1f}M ({n_parameters:,}), {config.num_labels} labels",
         f"- Tokenized to at most {meta['max_length']} tokens, padding `{meta['padding']}`",
         "",
         "## Data",
         "",
-        f"- Dataset: `{data['dataset']}`, revision {_revision(data['revision'])}",
+        f"- Dataset: `{data['dataset']}`, revision {_revision(data['revision'], meta.get('dataset_commit'))}",
         f"- Test split content hash (texts and labels): `{meta['content_sha256']['test'][:16]}`",
         f"- Trained on {subset['train_size']:,} examples of the train split, evaluated on {metrics['n_eval']:,} "
         f"of the test split (seeded selection, `subset.seed` {subset['seed']})",
