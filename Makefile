@@ -53,3 +53,9 @@ BASE ?= origin/main
 .PHONY: pr-check
 pr-check: $(SETUP)
 	$(PYTHON) -m stages.gate.pr_check --base $(BASE) --report pr-check-report.md
+
+# After a merge to main: main's smoke run, pushed with the run cache to the default DVC remote, so the
+# pull-request checks of branches off it restore their base (`dvc repro --pull`) instead of training it.
+.PHONY: smoke-cache
+smoke-cache: $(SETUP)
+	$(PYTHON) -m stages.gate.pr_check --push-run-cache

@@ -4,14 +4,18 @@
 
 The base judges: its own check, gate rules and smoke profile (`profiles/smoke.yaml`, sizes only) run both sides
 at smoke sizes and compare them; a drop beyond a tolerance is judged again over up to `--confirm-seeds` more
-training seeds. The exit status is the gate's: 0 pass, 1 regression, 2 could not compare.
+training seeds. The exit status is the gate's: 0 pass, 1 regression, 2 could not compare. With a default
+DVC remote, both sides first pull the run cache (`dvc repro --pull`), so a base that main pushed after its merge
+(`--push-run-cache`, `make smoke-cache`) is restored, not trained, unless it ran in another environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +41,7 @@ SIZE_KEYS = {
 }
 # Where a base keeps its pull-request check: this layout, then the one before stages/ had subpackages.
 BASE_ENTRY_POINTS = (("stages.gate.pr_check", "stages/gate/pr_check.py"), ("stages.pr_check", "stages/pr_check.py"))
+ENVIRONMENT_FILE = "reports/environment.json"  # train's record of where it ran (dvc.yaml)
 DEFAULT_CONFIRM_SEEDS = 4  # the fewest extra seed pairs that caught as much as 8 (BENCHMARKS.md section 5)
 
 
@@ -88,9 +93,12 @@ def dvc_env() -> dict[str, str]:
 
 
 def share_cache(repo: Path, side: Path) -> None:
-    """Point `side`'s DVC cache at the repository's, so its run cache serves repeated smoke runs:
-    a second check against the same base, or a head whose data stages did not change, reruns only
-    what changed."""
+    """Give `side` the repository's DVC cache and local config (remotes set with `--local`), so its run
+    cache serves repeated smoke runs: a second check against the same base, or a head whose data
+    stages did not change, reruns only what changed."""
+    local_config = repo / ".dvc" / "config.local"
+    if local_config.is_file():
+        shutil.copy2(local_config, side / ".dvc" / "config.local")
     cache = subprocess.run(["dvc", "cache", "dir"], cwd=repo, env=dvc_env(), capture_output=True, text=True)
     if cache.returncode == 0 and cache.stdout.strip():
         subprocess.run(
@@ -98,19 +106,65 @@ def share_cache(repo: Path, side: Path) -> None:
         )
 
 
-def smoke_run(side: Path, profile: dict[str, dict[str, Any]], log_file: Path) -> float:
-    """Run the pipeline at the smoke sizes in `side`; return its wall time in seconds."""
+def default_remote(side: Path) -> str | None:
+    """The DVC remote that `dvc repro --pull` in `side` pulls the run cache from, or None."""
+    result = subprocess.run(["dvc", "remote", "default"], cwd=side, env=dvc_env(), capture_output=True, text=True)
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def smoke_run(side: Path, profile: dict[str, dict[str, Any]], log_file: Path, pull: bool = False) -> float:
+    """Run the pipeline at the smoke sizes in `side`; return its wall time in seconds.
+
+    `pull`: first pull the run cache from the default remote, so stages run there before are restored.
+    """
     # Sizes only: every other param stays the side's own, so a change to the recipe shows.
     override_params_file(side / "params.yaml", profile)
     started = time.perf_counter()
+    command = ["dvc", "repro", "--pull"] if pull else ["dvc", "repro"]
     with log_file.open("w") as log:
-        result = subprocess.run(["dvc", "repro"], cwd=side, env=dvc_env(), stdout=log, stderr=subprocess.STDOUT)
+        result = subprocess.run(command, cwd=side, env=dvc_env(), stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         tail = "\n".join(log_file.read_text().strip().splitlines()[-15:])
         raise SideFailed(
             f"`dvc repro` failed in {side.name} (exit {result.returncode}); end of its log:\n```\n{tail}\n```"
         )
     return time.perf_counter() - started
+
+
+def restored_stages(log_file: Path) -> list[str]:
+    """The stages a `dvc repro` log says the run cache restored instead of running."""
+    return re.findall(r"Stage '(\w+)' is cached - skipping run", log_file.read_text())
+
+
+def environment_of(side: Path) -> dict[str, str]:
+    path = side / ENVIRONMENT_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def retrain_foreign(sides: dict[str, Path], restored: dict[str, list[str]], work: Path) -> dict[str, str]:
+    """Train again here each side whose training the run cache restored from another environment than
+    the other side's (outputs are byte-identical only within one environment record, so a base trained on
+    another kind of CPU would count machine drift as the change). Returns {side: the fields that differed}."""
+    records = {name: environment_of(side) for name, side in sides.items()}
+    trained_here = [records[name] for name in sides if "train" not in restored[name]]
+    if trained_here:
+        foreign = [name for name in sides if "train" in restored[name] and records[name] != trained_here[0]]
+        reference = trained_here[0]
+    else:  # both restored: one environment for both is fine, two are not
+        foreign = list(sides) if records["base"] != records["head"] else []
+        reference = records["head"] if foreign else {}
+    differed = {}
+    for name in foreign:
+        fields = sorted(
+            key for key in records[name].keys() | reference.keys() if records[name].get(key) != reference.get(key)
+        )
+        differed[name] = ", ".join(fields) or "no environment record"
+        for command in (["dvc", "repro", "--force", "--single-item", "train"], ["dvc", "repro"]):
+            with (work / f"{name}-retrain.log").open("a") as log:
+                result = subprocess.run(command, cwd=sides[name], env=dvc_env(), stdout=log, stderr=subprocess.STDOUT)
+            if result.returncode != 0:
+                raise SideFailed(f"`{' '.join(command)}` failed in {name} (exit {result.returncode}); see its log")
+    return differed
 
 
 def base_at_chance(base_dir: Path) -> str | None:
@@ -238,13 +292,16 @@ def run(
         "the head's own are not used."
     )
     sides = {"base": work / "base", "head": work / "head"}
-    timings = {}
+    timings, remotes, restored, retrained = {}, {}, {}, {}
     try:
         git("worktree", "add", "--detach", "--quiet", str(sides["base"]), commit, cwd=repo)
         head_worktree(repo, sides["head"])
         for name, side in sides.items():
             share_cache(repo, side)
-            timings[name] = smoke_run(side, profile, work / f"{name}.log")
+            remotes[name] = default_remote(side)
+            timings[name] = smoke_run(side, profile, work / f"{name}.log", pull=remotes[name] is not None)
+            restored[name] = restored_stages(work / f"{name}.log")
+        retrained = retrain_foreign(sides, restored, work)
         names = (f"{base} (smoke run)", "HEAD (smoke run)")
         rules_from = f"{base} ({commit[:10]}):params.yaml"
         status, results, report = compare.judge(
@@ -274,11 +331,76 @@ def run(
         + (f", and {timings['seeds']:.0f}s for the extra seed pairs" if "seeds" in timings else "")
         + ("." if "head" in timings else "")
         + "\n"
+        + run_cache_note(remotes, restored, retrained)
         + "\n### Committed full-profile metrics (shown, not gated)\n\n"
         + committed_metrics_diff(repo, base)
         + "\n"
     )
     return status, report
+
+
+def run_cache_note(remotes: dict[str, str | None], restored: dict[str, list[str]], retrained: dict[str, str]) -> str:
+    """What the run cache saved each side, for the report."""
+    if not any(remotes.values()):
+        return "\nNo DVC remote is configured, so both sides ran every stage here (see README: the run cache).\n"
+    lines = [
+        f"- {name}: restored {', '.join(f'`{stage}`' for stage in stages) or 'nothing'} "
+        f"from the run cache of remote `{remotes[name]}`"
+        + (
+            f"; its training came from another environment ({retrained[name]} differ), so it trained again here"
+            if name in retrained
+            else ""
+        )
+        for name, stages in restored.items()
+    ]
+    return "\nRun cache (`dvc repro --pull`):\n\n" + "\n".join(lines) + "\n"
+
+
+def push_smoke_run(repo: Path, profile_file: Path, work: Path) -> int:
+    """Run HEAD's committed pipeline at its smoke sizes and push it with its run cache to the default
+    remote, so the pull-request checks of branches off HEAD restore their base instead of training it."""
+    side = work / "smoke"
+    try:
+        profile = read_profile(repo / profile_file)
+        git("worktree", "add", "--detach", "--quiet", str(side), "HEAD", cwd=repo)
+        share_cache(repo, side)
+        if default_remote(side) is None:
+            raise SideFailed("no default DVC remote to push to: `dvc remote add -d <name> <url>` first")
+        seconds = smoke_run(side, profile, work / "smoke.log")
+        with (work / "smoke.log").open("a") as log:
+            pushed = subprocess.run(
+                ["dvc", "push", "--run-cache"], cwd=side, env=dvc_env(), stdout=log, stderr=subprocess.STDOUT
+            )
+        if pushed.returncode == 0:
+            push_run_cache_outputs(side)
+        if pushed.returncode != 0:
+            raise SideFailed(
+                f"`dvc push --run-cache` failed (exit {pushed.returncode}):\n{(work / 'smoke.log').read_text()[-2000:]}"
+            )
+    except (SideFailed, ParamsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(side)], cwd=repo, capture_output=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=repo, capture_output=True)
+    print(
+        f"pushed the smoke run of HEAD ({seconds:.0f}s) and its run cache to remote `{default_remote(repo) or 'default'}`"
+    )
+    return 0
+
+
+def push_run_cache_outputs(side: Path) -> None:
+    """Push what `dvc push --run-cache` leaves out: the uncached outputs (metrics, reports) that its entries
+    restore, without which `dvc repro --pull` runs the stage again (treeverse/dvc#5749)."""
+    from dvc.repo import Repo
+
+    # DVC resolves the entries' paths against the working directory.
+    with contextlib.chdir(side), Repo(str(side)) as repo:
+        entries = [(value.parent.name, value.name) for value in Path(repo.stage_cache.cache_dir).glob("*/*/*")]
+        objects = set().union(*repo.stage_cache.get_used_objs(entries).values())
+        failed = repo.cloud.push(objects).failed
+    if failed:
+        raise SideFailed(f"{len(failed)} outputs of the run cache could not be pushed")
 
 
 def hand_over(base: str, judge_args: list[str], work: Path) -> int:
@@ -315,7 +437,14 @@ def report_cannot_compare(reason: str, judge_args: list[str]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="git revision to compare against (e.g. origin/main)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--base", help="git revision to compare against (e.g. origin/main)")
+    what.add_argument(
+        "--push-run-cache",
+        action="store_true",
+        help="instead: run HEAD at its smoke sizes and push it with the run cache to the default DVC remote, "
+        "so checks against HEAD restore it",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
@@ -332,6 +461,9 @@ def main() -> int:
     parser.add_argument("--head-repo", type=Path, help=argparse.SUPPRESS)  # set by hand_over: this is the judge
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.push_run_cache:
+        with tempfile.TemporaryDirectory(prefix="smoke-cache-") as work:
+            return push_smoke_run(Path(".").resolve(), args.profile or DEFAULT_PROFILE, Path(work))
     # Not the judge yet: hand over to the base's own check, so nothing the pull request changes judges it.
     if args.head_repo is None:
         with tempfile.TemporaryDirectory(prefix="pr-check-") as work:
