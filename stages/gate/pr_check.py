@@ -112,6 +112,22 @@ def default_remote(side: Path) -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
+def pull_run_cache(side: Path) -> str | None:
+    """Pull the run cache's entries from `side`'s default remote; why that failed, or None.
+
+    A remote the runner cannot read (a fork's pull request gets no secrets) must not fail the check:
+    `dvc repro --pull` would stop before any stage, so the side then runs every stage instead.
+    """
+    from dvc.repo import Repo
+
+    try:
+        with contextlib.chdir(side), Repo(str(side)) as repo:
+            repo.stage_cache.pull(None)
+    except Exception as err:  # any remote failure (credentials, network, bucket) means: train here
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return None
+
+
 def smoke_run(side: Path, profile: dict[str, dict[str, Any]], log_file: Path, pull: bool = False) -> float:
     """Run the pipeline at the smoke sizes in `side`; return its wall time in seconds.
 
@@ -292,14 +308,17 @@ def run(
         "the head's own are not used."
     )
     sides = {"base": work / "base", "head": work / "head"}
-    timings, remotes, restored, retrained = {}, {}, {}, {}
+    timings, remotes, pull_failed, restored, retrained = {}, {}, {}, {}, {}
     try:
         git("worktree", "add", "--detach", "--quiet", str(sides["base"]), commit, cwd=repo)
         head_worktree(repo, sides["head"])
         for name, side in sides.items():
             share_cache(repo, side)
             remotes[name] = default_remote(side)
-            timings[name] = smoke_run(side, profile, work / f"{name}.log", pull=remotes[name] is not None)
+            if remotes[name] is not None:
+                pull_failed[name] = pull_run_cache(side)
+            pull = remotes[name] is not None and pull_failed[name] is None
+            timings[name] = smoke_run(side, profile, work / f"{name}.log", pull=pull)
             restored[name] = restored_stages(work / f"{name}.log")
         retrained = retrain_foreign(sides, restored, work)
         names = (f"{base} (smoke run)", "HEAD (smoke run)")
@@ -331,7 +350,7 @@ def run(
         + (f", and {timings['seeds']:.0f}s for the extra seed pairs" if "seeds" in timings else "")
         + ("." if "head" in timings else "")
         + "\n"
-        + run_cache_note(remotes, restored, retrained)
+        + run_cache_note(remotes, pull_failed, restored, retrained)
         + "\n### Committed full-profile metrics (shown, not gated)\n\n"
         + committed_metrics_diff(repo, base)
         + "\n"
@@ -339,20 +358,31 @@ def run(
     return status, report
 
 
-def run_cache_note(remotes: dict[str, str | None], restored: dict[str, list[str]], retrained: dict[str, str]) -> str:
+def run_cache_note(
+    remotes: dict[str, str | None],
+    pull_failed: dict[str, str | None],
+    restored: dict[str, list[str]],
+    retrained: dict[str, str],
+) -> str:
     """What the run cache saved each side, for the report."""
     if not any(remotes.values()):
         return "\nNo DVC remote is configured, so both sides ran every stage here (see README: the run cache).\n"
-    lines = [
-        f"- {name}: restored {', '.join(f'`{stage}`' for stage in stages) or 'nothing'} "
-        f"from the run cache of remote `{remotes[name]}`"
-        + (
-            f"; its training came from another environment ({retrained[name]} differ), so it trained again here"
-            if name in retrained
-            else ""
-        )
-        for name, stages in restored.items()
-    ]
+    lines = []
+    for name, stages in restored.items():
+        remote = remotes.get(name)
+        if not remote:
+            line = "no default DVC remote, so it ran every stage here"
+        elif pull_failed.get(name):
+            line = (
+                f"could not pull the run cache of remote `{remote}` ({pull_failed[name]}), so it ran every stage here"
+            )
+        else:
+            line = f"restored {', '.join(f'`{stage}`' for stage in stages) or 'nothing'} from the run cache of remote `{remote}`"
+            if name in retrained:
+                line += (
+                    f"; its training came from another environment ({retrained[name]} differ), so it trained again here"
+                )
+        lines.append(f"- {name}: {line}")
     return "\nRun cache (`dvc repro --pull`):\n\n" + "\n".join(lines) + "\n"
 
 
