@@ -1,4 +1,5 @@
-"""What tests and benchmarks share: a tiny BERT, tiny params, and a fresh project repository to run.
+"""What tests and benchmarks share: a tiny BERT, tiny params, a fresh project repository to run, and
+for the remote tests the S3 settings (moto's server is the `s3_endpoint` fixture) and file hashes.
 
     from tests.helpers import new_project, run_cmd, tiny_overrides
 
@@ -8,6 +9,8 @@ weights, so no Hub access is ever needed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shlex
 import shutil
 import subprocess
@@ -32,6 +35,24 @@ PROJECT_FILES = [
     "data/raw/.gitkeep",
     ".gitignore",
 ]
+
+# The S3 remote of the remote tests: a bucket on moto's server (the `s3_endpoint` fixture).
+BUCKET = "dvc-remote-test"
+PREFIX = "yelp/store"
+# Dummy credentials: moto accepts anything. The config and credentials files point nowhere, so a
+# developer's own ~/.aws can never leak into the test, nor the test into a real account.
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# No ~/.aws files and no instance metadata lookup (a missing credential must fail at once).
+AWS_ISOLATION = {
+    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 
 
 def build_tiny_model(folder: Path) -> Path:
@@ -103,14 +124,73 @@ def stage_env() -> dict[str, str]:
     return env
 
 
-def run_cmd(args: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a command as the user would, capturing its output; fail with that output on error."""
-    result = subprocess.run(args, cwd=cwd, env=stage_env(), capture_output=True, text=True, timeout=timeout)
+def run_cmd(
+    args: list[str],
+    cwd: Path,
+    check: bool = True,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+    unset: list[str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run a command as the user would (`stage_env()`, plus `env`, less the names in `unset`), capturing
+    its output; fail with that output on error."""
+    full_env = {**stage_env(), **(env or {})}
+    for name in unset or []:
+        full_env.pop(name, None)
+    result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
         )
     return result
+
+
+def run_aws(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, unset: list[str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """`run_cmd` kept off the developer's AWS setup (`AWS_ISOLATION`), with `env` (e.g. `AWS_ENV`) on top."""
+    return run_cmd(args, cwd, check=check, env={**AWS_ISOLATION, **(env or {})}, unset=unset)
+
+
+def s3_client(endpoint: str) -> Any:
+    """A boto3 S3 client for moto's server at `endpoint`, with the dummy credentials."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def s3_keys(endpoint: str, prefix: str = PREFIX) -> set[str]:
+    """Every key in the bucket under `prefix`, relative to it."""
+    keys = set()
+    for page in s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/"):
+        keys.update(obj["Key"][len(prefix) + 1 :] for obj in page.get("Contents", []))
+    return keys
+
+
+def file_hashes(root: Path, names: list[str]) -> dict[str, str]:
+    """sha256 of every file under `names` (files or folders), keyed by its path relative to `root`."""
+    hashes = {}
+    for name in names:
+        path = root / name
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        assert files, f"{path} is missing or empty"
+        for file in files:
+            hashes[file.relative_to(root).as_posix()] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return hashes
+
+
+def shown_experiments(repo: Path) -> dict[str, dict]:
+    """`dvc exp show --json`, as {experiment name: its revision (data, error)}."""
+    shown = json.loads(run_cmd(["dvc", "exp", "show", "--json"], repo).stdout)
+    return {
+        exp["name"]: exp["revs"][0] for entry in shown for exp in (entry.get("experiments") or []) if exp.get("name")
+    }
 
 
 def stage_args(repo: Path, stage: str) -> list[str]:

@@ -8,7 +8,6 @@ The README's own `dvc exp run -S train.learning_rate=3e-5` is in `test_pipeline`
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import new_project, run_cmd, tiny_overrides
+from tests.helpers import new_project, run_cmd, shown_experiments, tiny_overrides
 
 SEED_RANGE = "an integer >= 0 and <= 4294967295"
 
@@ -82,14 +81,6 @@ def committed(tmp_path: Path, tiny_model_dir: Path) -> Path:
     run_cmd(["git", "add", "-A"], repo)
     run_cmd(["git", "commit", "-qm", "baseline"], repo)
     return repo
-
-
-def shown_experiments(repo: Path) -> dict[str, dict]:
-    """`dvc exp show --json`, as {experiment name: its revision (data, error)}."""
-    shown = json.loads(run_cmd(["dvc", "exp", "show", "--json"], repo).stdout)
-    return {
-        exp["name"]: exp["revs"][0] for entry in shown for exp in (entry.get("experiments") or []) if exp.get("name")
-    }
 
 
 def error_lines(text: str) -> list[str]:

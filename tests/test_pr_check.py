@@ -1,4 +1,5 @@
-"""The pull-request check end to end: `make pr-check BASE=main`, exactly as the workflow calls it."""
+"""The pull-request check end to end: `make pr-check BASE=main`, exactly as the workflow calls it, and with a
+DVC remote: main's smoke run pushed with its run cache (`make smoke-cache`), restored by a fresh clone's check."""
 
 from __future__ import annotations
 
@@ -29,15 +30,20 @@ TEST_PROFILE = {
 RECIPE = {"train": {"learning_rate": 0.003, "batch_size": 32, "group_by_length": False, "optimizer": "adamw_torch"}}
 
 
-def pr_check(repo: Path, base: str) -> subprocess.CompletedProcess:
+def make(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`make <args>` in `repo` with this environment, as CI runs it (`env`: variables to add)."""
     return subprocess.run(
-        ["make", "--no-print-directory", "pr-check", f"BASE={base}", "SETUP=", f"PYTHON={sys.executable}"],
+        ["make", "--no-print-directory", *args, "SETUP=", f"PYTHON={sys.executable}"],
         cwd=repo,
-        env=stage_env(),
+        env={**stage_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def pr_check(repo: Path, base: str) -> subprocess.CompletedProcess:
+    return make(repo, "pr-check", f"BASE={base}")
 
 
 def check_branch(repo: Path, branch: str, change: Callable[[], object]) -> tuple[subprocess.CompletedProcess, str]:
@@ -171,7 +177,7 @@ def test_the_profile_sets_sizes_only() -> None:
 
 def test_workflows_match_the_github_schema() -> None:
     workflows = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
-    assert [w.name for w in workflows] == ["full-profile.yml", "pr-check.yml"]
+    assert [w.name for w in workflows] == ["full-profile.yml", "grid.yml", "pr-check.yml", "smoke-cache.yml"]
     result = subprocess.run(
         [
             str(Path(sys.executable).parent / "check-jsonschema"),
@@ -185,24 +191,77 @@ def test_workflows_match_the_github_schema() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validation done" in result.stdout
     assert 'make pr-check BASE="origin/$BASE_REF"' in (REPO_ROOT / ".github/workflows/pr-check.yml").read_text()
+    # main's smoke run lands in the run cache after each merge, from main only.
+    smoke_cache = read_yaml((REPO_ROOT / ".github/workflows/smoke-cache.yml").read_text(), "smoke-cache.yml")
+    assert smoke_cache["on"] == {"push": {"branches": ["main"]}}
+    assert [step.get("run") for step in smoke_cache["jobs"]["push"]["steps"] if "run" in step] == ["make smoke-cache"]
+    # The results land in both remotes, under the names test_grid pulls them by.
+    full_profile = (REPO_ROOT / ".github/workflows/full-profile.yml").read_text()
+    assert 'name="full-${GITHUB_RUN_ID}-${GITHUB_RUN_ATTEMPT}"' in full_profile
+    assert '"${in_image[@]}" dvc exp push --run-cache origin "$name"' in full_profile
+    assert '"${in_image[@]}" dvc push --run-cache' in full_profile
+    grid = read_yaml((REPO_ROOT / ".github/workflows/grid.yml").read_text(), "grid.yml")
+    job = grid["jobs"]["experiment"]
+    assert job["strategy"] == {"fail-fast": False, "matrix": {"flags": "${{ fromJSON(inputs.grid) }}"}}
+    assert job["env"]["JOB_INDEX"] == "${{ strategy.job-index }}"
+    scripts = "\n".join(step.get("run", "") for step in job["steps"])
+    assert 'name="grid-${GITHUB_RUN_ID}-${GITHUB_RUN_ATTEMPT}-${JOB_INDEX}"' in scripts
+    for command in [
+        '"$IMAGE" dvc pull',
+        'dvc exp run --name "$name" "${flags[@]}"',
+        'dvc exp push --run-cache origin "$name"',
+    ]:
+        assert command in scripts, command
 
 
 def test_workflows_follow_the_github_security_guides() -> None:
+    # The events that run a pull request's code, or run in the base's context on its behalf.
+    pull_request_events = {"pull_request", "pull_request_target"}
+    triggers, writers = {}, {}
     for path in sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml")):
         text = path.read_text()
         workflow = read_yaml(text, path)
+        triggers[path.name] = set(workflow["on"])
+        from_pull_requests = bool(triggers[path.name] & pull_request_events)
         assert "permissions" in workflow, path
         for name, job in workflow["jobs"].items():
             assert "permissions" in job or workflow["permissions"] in ({}, {"contents": "read"}), (path, name)
+            permissions = job.get("permissions", workflow["permissions"])
+            assert isinstance(permissions, dict), (path, name)  # scopes named, never read-all / write-all
+            writes = {scope: access for scope, access in permissions.items() if access == "write"}
+            if writes:
+                writers[path.name, name] = writes
             for step in job["steps"]:
                 if "uses" in step:  # pinned to a full commit, the tag in a comment on the same line
                     assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), (path, step["uses"])
                     assert re.search(re.escape(step["uses"]) + r" +# v\d+\.\d+\.\d+$", text, re.MULTILINE), step["uses"]
                 if step.get("uses", "").startswith("actions/checkout@"):
-                    assert step["with"]["persist-credentials"] is False, path
+                    persisted = step["with"]["persist-credentials"]  # never left to checkout's default, true
+                    # The token stays in .git/config only for a job that pushes to this repository, in a
+                    # workflow no pull request triggers: never within reach of a pull request's code.
+                    assert persisted is False or (
+                        persisted is True and permissions.get("contents") == "write" and not from_pull_requests
+                    ), (path, name)
                 # No expression is expanded inside a script: inputs and secrets come in through `env:`.
                 assert "${{" not in step.get("run", ""), (path, step.get("name"))
+                # Credentials reach a container by name (`-e NAME`), never as a value on a command line.
+                assert not re.search(r"-e +\w*(KEY|TOKEN|SECRET|PASSWORD)\w*=", step.get("run", "")), (path, step)
+            if writes and from_pull_requests:  # a job that may write runs no code from the pull request
+                assert all("run" not in step for step in job["steps"]), (path, name)
+                assert not any(step.get("uses", "").startswith("actions/checkout@") for step in job["steps"]), name
         assert not re.search(r"^\s+run:.*secrets\.", text, re.MULTILINE)
+    # Which events start each workflow, and which jobs may write: a change to either is a change here.
+    assert triggers == {
+        "full-profile.yml": {"workflow_dispatch", "schedule"},
+        "grid.yml": {"workflow_dispatch"},
+        "pr-check.yml": {"pull_request"},
+        "smoke-cache.yml": {"push"},
+    }
+    assert writers == {
+        ("full-profile.yml", "full"): {"contents": "write"},
+        ("grid.yml", "experiment"): {"contents": "write"},
+        ("pr-check.yml", "comment"): {"pull-requests": "write"},
+    }
     pr_check_yml = read_yaml((REPO_ROOT / ".github/workflows/pr-check.yml").read_text(), "pr-check.yml")
     assert pr_check_yml["jobs"]["gate"]["permissions"] == {"contents": "read"}  # it runs the pull request's code
     assert pr_check_yml["jobs"]["comment"]["permissions"] == {"pull-requests": "write"}
@@ -220,3 +279,76 @@ def test_a_base_smoke_run_at_chance_is_refused(tmp_path: Path) -> None:
     )
     (tmp_path / "metrics.json").write_text('{"accuracy": 0.52, "n_eval": 500}')
     assert base_at_chance(tmp_path) is None
+
+
+# The least that learns well above chance in seconds (the base must not be at chance), for the run-cache test.
+SMALL_PROFILE = {
+    "data": {"synthetic_train_size": 1000, "synthetic_test_size": 300},
+    "subset": {"train_size": 1000, "eval_size": 300},
+    "train": {"epochs": 3},
+    "evaluate": {"profile": "smoke"},
+}
+
+
+@pytest.mark.slow
+def test_pr_check_restores_a_base_from_the_run_cache_and_retrains_a_foreign_one(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    origin = new_project(tmp_path / "origin", tiny_overrides(tiny_model_dir))
+    write_yaml(origin / "profiles" / "smoke.yaml", SMALL_PROFILE)
+    set_params(origin, RECIPE)
+    run_cmd(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "dvc-storage")], origin)
+    run_cmd(["git", "add", "-A"], origin)
+    run_cmd(["git", "commit", "-qm", "baseline"], origin)
+
+    # main's own job after a merge: its smoke run, pushed with the run cache.
+    pushed = make(origin, "smoke-cache")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert "pushed the smoke run of HEAD" in pushed.stdout and "to remote `storage`" in pushed.stdout
+    assert list((tmp_path / "dvc-storage" / "runs").iterdir())
+
+    # A pull request that changes the training code (a comment): a fresh clone, as CI checks it out.
+    clone = tmp_path / "clone"
+    run_cmd(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
+    run_cmd(["git", "checkout", "-q", "-b", "comment-in-train"], clone)
+    train_py = clone / "stages" / "train.py"
+    train_py.write_text(train_py.read_text() + "\n# a comment\n")
+    run_cmd(["git", "commit", "-qam", "a comment in train"], clone)
+    check = make(clone, "pr-check", "BASE=origin/main")
+    report = (clone / "pr-check-report.md").read_text()
+    assert check.returncode == 0, report + check.stderr
+    assert "## Metric gate: PASS" in report and "+0.0000" in report
+    # evaluate is never restored: its reports are uncached outputs, which the run cache skips (README).
+    stages = "`prepare`, `tokenize`, `subset`, `train`"
+    pulled = "pulled the run cache of remote `storage`; restored"
+    assert f"- base: {pulled} {stages} instead of running them\n" in report, report
+    assert f"- head: {pulled} `prepare`, `tokenize`, `subset` instead of running them\n" in report
+
+    # The next merge's smoke run came from another environment (one thread): the base is trained here again.
+    set_params(origin, {"train": {"weight_decay": 0.02}})
+    run_cmd(["git", "commit", "-qam", "weight decay"], origin)
+    pushed = make(origin, "smoke-cache", env={"OMP_NUM_THREADS": "1"})
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    run_cmd(["git", "fetch", "-q", "origin"], clone)
+    run_cmd(["git", "rebase", "-q", "origin/main"], clone)
+    check = make(clone, "pr-check", "BASE=origin/main")
+    report = (clone / "pr-check-report.md").read_text()
+    assert check.returncode == 0, report + check.stderr
+    assert "## Metric gate: PASS" in report and "+0.0000" in report
+    assert (
+        f"- base: {pulled} {stages} instead of running them, but its training came from another environment "
+        "(threads differ), so it trained again here\n"
+    ) in report, report
+
+    # A runner that cannot read the remote (a fork's pull request gets no secrets) still checks: here from
+    # this clone's own run cache, where the last check left both sides as trained here.
+    run_cmd(["dvc", "remote", "modify", "--local", "storage", "url", "s3://no-credentials-here/store"], clone)
+    no_credentials = {"AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+    check = make(clone, "pr-check", "BASE=origin/main", env={**no_credentials, "AWS_EC2_METADATA_DISABLED": "true"})
+    report = (clone / "pr-check-report.md").read_text()
+    assert check.returncode == 0, report + check.stderr
+    for side in ("base", "head"):
+        assert (
+            f"- {side}: could not pull the run cache of remote `storage` (Unable to locate credentials); "
+            f"restored {stages} instead of running them\n"
+        ) in report, report

@@ -365,25 +365,23 @@ def run_cache_note(
     retrained: dict[str, str],
 ) -> str:
     """What the run cache saved each side, for the report."""
-    if not any(remotes.values()):
-        return "\nNo DVC remote is configured, so both sides ran every stage here (see README: the run cache).\n"
     lines = []
     for name, stages in restored.items():
-        remote = remotes.get(name)
+        remote, failed = remotes.get(name), pull_failed.get(name)
         if not remote:
-            line = "no default DVC remote, so it ran every stage here"
-        elif pull_failed.get(name):
-            line = (
-                f"could not pull the run cache of remote `{remote}` ({pull_failed[name]}), so it ran every stage here"
-            )
+            line = "no default DVC remote to pull the run cache from; "
+        elif failed:
+            line = f"could not pull the run cache of remote `{remote}` ({failed}); "
         else:
-            line = f"restored {', '.join(f'`{stage}`' for stage in stages) or 'nothing'} from the run cache of remote `{remote}`"
-            if name in retrained:
-                line += (
-                    f"; its training came from another environment ({retrained[name]} differ), so it trained again here"
-                )
+            line = f"pulled the run cache of remote `{remote}`; "
+        listed = ", ".join(f"`{stage}`" for stage in stages)
+        line += f"restored {listed} instead of running them" if stages else "ran every stage here"
+        if name in retrained:
+            line += (
+                f", but its training came from another environment ({retrained[name]} differ), so it trained again here"
+            )
         lines.append(f"- {name}: {line}")
-    return "\nRun cache (`dvc repro --pull`):\n\n" + "\n".join(lines) + "\n"
+    return '\nRun cache (README, "Pull requests"):\n\n' + "\n".join(lines) + "\n"
 
 
 def push_smoke_run(repo: Path, profile_file: Path, work: Path) -> int:
