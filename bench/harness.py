@@ -205,9 +205,13 @@ def add_length_scale(parser: argparse.ArgumentParser) -> None:
 
 def save(args: argparse.Namespace, result: dict[str, Any]) -> Path:
     """Write `result`, with the machine and the command line, to `<results dir>/<part>.json`."""
+    from stages.training.environment import cpu_instructions, cpu_model  # imports torch: not for --help
+
     result = {
         **result,
         "machine": {
+            "cpu": cpu_model(),
+            "cpu_instructions": cpu_instructions(),  # which kind of machine: a figure holds for its kind only
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),

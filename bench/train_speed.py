@@ -4,8 +4,10 @@
     python -m bench.train_speed --cases project-fp32,project,tutorial --seeds 42,43,44
 
 Each case (`CASES`) trains in its own repository on the same synthetic reviews at Yelp's length.
-Samples/s from the `Trainer`'s log; accuracy with a 95% Wilson interval, and an exact McNemar test
-against the tutorial on the same eval examples. Writes `bench/results/train.json`.
+Samples/s from the `Trainer`'s log, real tokens/s and the model FLOPs utilisation (`bench/flops.py`: the
+training's useful FLOPs per second over the matmul peak this run measures in the case's precision);
+accuracy with a 95% Wilson interval, and an exact McNemar test against the tutorial on the same eval
+examples. Writes `bench/results/train.json`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
+from bench.flops import matmul_peak, training_flops
 from bench.harness import YELP_LENGTH_SCALE, Measured, data_overrides, make_repo, run_stage, text_length_stats
 from stages.common.params import override_params_file, read_yaml
 from stages.gate.compare import mcnemar_p
@@ -98,6 +101,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     cases: dict[str, dict[str, Any]] = {}
     prepared: Path | None = None
+    # The peaks the cases' MFU is measured against: this machine, these threads, now.
+    peaks = {precision: matmul_peak(precision) for precision in ("fp32", "bf16")}
+    print(", ".join(f"bench: matmul peak {p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()), flush=True)
     for name in args.cases:
         repo = make_repo(root / name, shared + [CASES[name]])
         logs = root / f"{name}-logs"
@@ -119,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 timings[stage] = run_stage(repo, stage, logs, stage if seed is None else f"{stage}-seed{seed}")
                 of_seed = "" if seed is None else f" (seed {seed})"
                 print(f"bench:   {stage}{of_seed}: {timings[stage].wall_s:.1f} s", flush=True)
-            by_seed[seed] = case_result(repo, timings, CASES[name], n_train * args.epochs)
+            by_seed[seed] = case_result(repo, timings, CASES[name], n_train * args.epochs, args.epochs, peaks)
             if seed is not None:
                 shutil.copyfile(repo / "reports" / "predictions.csv", logs / f"predictions-seed{seed}.csv")
         per_seed = ("train_samples_per_second", "accuracy", "macro_f1", "eval_loss")
@@ -134,6 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "eval_examples": n_eval,
         "epochs": args.epochs,
         "length_scale": args.length_scale,
+        "matmul_peak_gflops": {precision: round(peak / 1e9, 1) for precision, peak in peaks.items()},
         "cases": cases,
         "full_size": args.scale == "full"
         and not (args.train_examples or args.eval_examples)
@@ -170,10 +177,28 @@ def _number(value: Any) -> Any:
         return value
 
 
+def useful_training_flops(repo: Path, epochs: float) -> tuple[float, int]:
+    """The training's useful FLOPs (real tokens, `bench/flops.py`) and real tokens, over `epochs` epochs of
+    the training subset, for the model the case trained."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(repo / "models" / "model")
+    lengths = pc.list_value_length(pq.read_table(repo / "data" / "subset" / "train.parquet")["input_ids"]).to_pylist()
+    return epochs * training_flops(config, lengths), round(epochs * sum(lengths))
+
+
 def case_result(
-    repo: Path, timings: dict[str, Measured], overrides: harness.Overrides, samples: float
+    repo: Path,
+    timings: dict[str, Measured],
+    overrides: harness.Overrides,
+    samples: float,
+    epochs: float,
+    peaks: dict[str, float],
 ) -> dict[str, Any]:
-    """One trained case: speed from the train stage's log, scores from `metrics.json`."""
+    """One trained case: speed from the train stage's log, MFU against `peaks` (FLOP/s per precision),
+    scores from `metrics.json`."""
     logs = trainer_logs(timings["train"].text())
     final = next((entry for entry in reversed(logs) if "train_runtime" in entry), None)
     if final is None:
@@ -187,6 +212,8 @@ def case_result(
     n_eval = int(metrics["n_eval"])
     params = read_yaml((repo / "params.yaml").read_text(), "params.yaml")
     device = re.search(r"training on (.+): precision (\w+), optimizer (\w+)", timings["train"].text())
+    flops, real_tokens = useful_training_flops(repo, epochs)
+    precision = device.group(2) if device else None
     return {
         "overrides": overrides,
         "device": device.group(1) if device else None,
@@ -202,6 +229,10 @@ def case_result(
         "train_only_s": round(train_seconds, 3),
         "train_samples_per_second": round(samples / train_seconds, 3) if train_seconds > 0 else None,
         "eval_samples_per_second": round(eval_samples / eval_seconds, 3) if eval_seconds > 0 else None,
+        "useful_tflop": round(flops / 1e12, 3),
+        "real_tokens_per_second": round(real_tokens / train_seconds, 1) if train_seconds > 0 else None,
+        # Against the peak of the precision the matmuls ran in (bf16 autocast: bf16).
+        "mfu": round(flops / train_seconds / peaks[precision], 4) if train_seconds > 0 and precision in peaks else None,
         "train_loss": final.get("train_loss"),
         "accuracy": metrics["accuracy"],
         "accuracy_ci95": accuracy_ci95(metrics["accuracy"], n_eval),
@@ -312,21 +343,28 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['eval_examples']} eval examples, reviews at length scale {result['length_scale']} "
         f"(mean {chars.get('mean', float('nan')):.0f} characters)",
         "",
+        f"Matmul peak measured in this run: {', '.join(f'{p} {v:g} GFLOP/s' for p, v in result['matmul_peak_gflops'].items())}.",
+        "",
         "| case | padding | group_by_length | precision, optimizer | tokens/review | train samples/s | x tutorial | "
-        "Trainer samples/s (incl. eval) | eval samples/s | x tutorial | accuracy [95% CI] | train stage wall s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "real tokens/s | MFU | Trainer samples/s (incl. eval) | eval samples/s | x tutorial | accuracy [95% CI] | "
+        "train stage wall s | x tutorial |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, c in cases.items():
         cmp = compared.get(name, {})
         ratio = "1.00" if name == BASELINE_CASE else _or_dash(cmp.get("train_speedup"))
         eratio = "1.00" if name == BASELINE_CASE else _or_dash(cmp.get("eval_speedup"))
         pad = c["padding"] + (f" ({c['max_length']})" if c["padding"] == "max_length" else "")
+        base_wall = cases[BASELINE_CASE]["stage_wall_s"]["train"] if BASELINE_CASE in cases else None
+        wall_ratio = f"{base_wall / c['stage_wall_s']['train']:.2f}" if base_wall else "-"
+        mfu = f"{100 * c['mfu']:.1f}% of {c['precision']}" if c.get("mfu") is not None else "-"
         lines.append(
             f"| {name} | {pad} | {c['group_by_length']} | {c.get('precision')}, {c.get('optimizer')} | "
             f"{c['mean_tokens_per_review']} | {c['train_samples_per_second']:.2f} | {ratio} | "
+            f"{_or_dash(c.get('real_tokens_per_second'))} | {mfu} | "
             f"{c['trainer_samples_per_second']:.2f} | {c['eval_samples_per_second'] or float('nan'):.2f} | {eratio} | "
             f"{c['accuracy']:.3f} [{c['accuracy_ci95'][0]:.3f}, {c['accuracy_ci95'][1]:.3f}] | "
-            f"{c['stage_wall_s']['train']:.1f} |"
+            f"{c['stage_wall_s']['train']:.1f} | {wall_ratio} |"
         )
     for name, cmp in compared.items():
         verdict = "PASS" if cmp["meets_speedup_target"] and cmp["accuracy_equal_within_noise"] else "FAIL"

@@ -20,7 +20,10 @@ takes one of its steps apart, to see which lever is worth pulling. What it runs:
   model's own 0.1).
 
 It prints, per variant, the seconds in forward + backward and in clipping + the optimizer step over the
-timed batches, and samples/s; with `--profile`, torch's profiler table of the costliest operators.
+timed batches, samples/s, and the model FLOPs utilisation (`bench/flops.py`: useful FLOPs per second over
+the matmul peak that the same run measures in the variant's precision), then each timed batch's padded
+length, real tokens, step time and MFU (the tail: what the longest batches cost); with `--profile`,
+torch's profiler table of the costliest operators.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from bench.flops import matmul_peak, training_flops
 from stages.common.params import Params, load_params
 from stages.data.synthetic import generate_reviews
 from stages.data.tokenizer import load_tokenizer
@@ -63,7 +67,9 @@ def length_sorted_batches(params: Params, reviews: int, every: int) -> list[dict
     ]
 
 
-def time_variant(variant: str, params: Params, batches: list[dict[str, torch.Tensor]], profile: bool) -> dict:
+def time_variant(
+    variant: str, params: Params, batches: list[dict[str, torch.Tensor]], profile: bool, peaks: dict[str, float]
+) -> dict:
     settings = set(variant.split("+"))
     unknown = settings - SETTINGS
     if unknown or len(settings & {"fp32", "bf16"}) != 1 or len(settings & {"adamw", "fused"}) != 1:
@@ -94,17 +100,37 @@ def time_variant(variant: str, params: Params, batches: list[dict[str, torch.Ten
         times = [step(batch) for batch in batches]
     forward_backward, optimizer_step = sum(t[0] for t in times), sum(t[1] for t in times)
     samples = sum(len(batch["labels"]) for batch in batches)
+    precision = "bf16" if bf16 else "fp32"
+    flops = [training_flops(model.config, batch["attention_mask"].sum(dim=1).tolist()) for batch in batches]
+    seconds = [sum(t) for t in times]
     result = {
         "variant": variant,
         "forward_backward_s": forward_backward,
         "optimizer_s": optimizer_step,
         "samples_per_second": samples / (forward_backward + optimizer_step),
+        "tokens_per_second": sum(int(batch["attention_mask"].sum()) for batch in batches) / sum(seconds),
+        "mfu": sum(flops) / sum(seconds) / peaks[precision],
+        "steps": [
+            {
+                "padded_length": batch["input_ids"].shape[1],
+                "real_tokens": int(batch["attention_mask"].sum()),
+                "step_s": step_s,
+                "mfu": step_flops / step_s / peaks[precision],
+            }
+            for batch, step_s, step_flops in zip(batches, seconds, flops, strict=True)
+        ],
     }
     print(
         f"{variant:40s} forward+backward {forward_backward:6.2f} s   clip+optimizer {optimizer_step:5.2f} s   "
-        f"{result['samples_per_second']:6.2f} samples/s",
+        f"{result['samples_per_second']:6.2f} samples/s   {result['tokens_per_second']:6.0f} real tokens/s   "
+        f"MFU {100 * result['mfu']:4.1f}% of the {precision} peak",
         flush=True,
     )
+    print("    padded length   real tokens   step s   MFU")
+    for row in result["steps"]:
+        print(
+            f"    {row['padded_length']:13d}   {row['real_tokens']:11d}   {row['step_s']:6.3f}   {100 * row['mfu']:4.1f}%"
+        )
     if profile:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
     return result
@@ -128,7 +154,14 @@ def main() -> None:
         f"(padding included); {torch.get_num_threads()} torch threads; torch {torch.__version__}",
         flush=True,
     )
-    results = [time_variant(variant, params, batches, args.profile) for variant in args.variants.split(",")]
+    variants = args.variants.split(",")
+    # The peak in each precision a variant uses, measured here, on the threads the steps run on.
+    peaks = {
+        precision: matmul_peak(precision) for precision in ("fp32", "bf16") if any(precision in v for v in variants)
+    }
+    for precision, peak in peaks.items():
+        print(f"matmul peak ({precision}, torch.mm, {torch.get_num_threads()} threads): {peak / 1e9:.1f} GFLOP/s")
+    results = [time_variant(variant, params, batches, args.profile, peaks) for variant in variants]
     base = results[0]
     for result in results[1:]:
         print(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from bench import harness, lengths, noop, run, tokenize_speed, train_speed
 from stages.common.params import read_yaml
@@ -137,3 +138,25 @@ def test_comparison_counts_discordant_pairs_and_tests_them_with_the_gates_mcnema
     assert result["mcnemar_p"] == round(mcnemar_p(frames["tutorial"], frames["project"]), 4) == 0.1797
     assert result["train_speedup"] == result["eval_speedup"] == 2.0 and not result["meets_speedup_target"]
     assert result["accuracy_equal_within_noise"] and result["accuracy_difference"] == 0.25
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_the_useful_flops_formula_is_torchs_own_count(attention: str) -> None:
+    """bench/flops.py's count of a training step equals torch's FlopCounterMode on an unpadded example."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from bench.flops import forward_flops, training_flops
+
+    config = BertConfig(
+        vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=5
+    )
+    config._attn_implementation = attention
+    model = BertForSequenceClassification(config).train()
+    for length in (7, 40):
+        with FlopCounterMode(display=False) as forward:
+            loss = model(input_ids=torch.randint(5, 1000, (1, length)), labels=torch.tensor([1])).loss
+        with FlopCounterMode(display=False) as backward:
+            loss.backward()
+        assert forward.get_total_flops() == forward_flops(config, length)
+        assert forward.get_total_flops() + backward.get_total_flops() == training_flops(config, [length])
