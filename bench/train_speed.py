@@ -41,6 +41,8 @@ CASES: dict[str, harness.Overrides] = {
     "project-ungrouped": {"train": {"group_by_length": False}},
     # params.yaml with bf16 autocast, which `precision: auto` picks on CPUs with native bf16 only.
     "project-bf16": {"train": {"precision": "bf16"}},
+    # params.yaml with torch.compile (inductor): a speed lever to measure on CPUs, its compile time included.
+    "project-compile": {"train": {"torch_compile": True}},
     # params.yaml without dropout on the attention weights (the model's own is 0.1): an opt-in lever.
     "project-no-attention-dropout": {"train": {"attention_dropout": 0.0}},
     # params.yaml in fp32 with the unfused AdamW: the device settings `auto` gave on every CPU before.
