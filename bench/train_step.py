@@ -17,7 +17,7 @@ takes one of its steps apart, to see which lever is worth pulling. What it runs:
   from the same weights), named by `+`-joined settings: `fp32` or `bf16` (autocast), `adamw` (torch's
   foreach AdamW, `train.optimizer: adamw_torch`) or `fused` (`adamw_torch_fused`), and optionally
   `no-attention-dropout` (`train.attention_dropout: 0`; otherwise params.yaml's, by default the
-  model's own 0.1), or `fast-mask` (the same dropout, its mask drawn by `bench/fast_dropout.py`).
+  model's own 0.1), or `fast-mask` (the same dropout, its mask drawn by `stages/training/attention.py`).
 
 It prints, per variant, the seconds in forward + backward and in clipping + the optimizer step over the
 timed batches, samples/s, and the model FLOPs utilisation (`bench/flops.py`: useful FLOPs per second over
@@ -35,12 +35,12 @@ from pathlib import Path
 
 import torch
 
-from bench import fast_dropout
 from bench.flops import matmul_peak, training_flops
 from stages.common.params import Params, load_params
 from stages.data.synthetic import generate_reviews
 from stages.data.tokenizer import load_tokenizer
 from stages.train import load_pretrained
+from stages.training import attention
 
 SETTINGS = {"fp32", "bf16", "adamw", "fused", "no-attention-dropout", "fast-mask"}
 DEFAULT_VARIANTS = "fp32+adamw,fp32+fused,bf16+fused,fp32+fused+no-attention-dropout,bf16+fused+no-attention-dropout"
@@ -81,8 +81,8 @@ def time_variant(
     torch.manual_seed(42)
     attention_dropout = 0.0 if "no-attention-dropout" in settings else params.train.attention_dropout
     model = load_pretrained(params.model, params.data.num_labels, attention_dropout).train()
-    if "fast-mask" in settings:  # the candidate lever: bench/fast_dropout.py
-        fast_dropout.use(model)
+    if "fast-mask" in settings:  # stages/training/attention.py, what `attention_dropout_kernel: auto` picks on CPUs
+        attention.use_fast_mask(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused="fused" in settings)
     bf16 = "bf16" in settings
 

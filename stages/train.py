@@ -37,7 +37,7 @@ from stages.common.params import ModelParams, TrainParams, load_params
 from stages.data.tokenized import TokenizedExamples, make_collator, read_meta
 from stages.data.tokenizer import load_tokenizer
 from stages.metrics import scoring
-from stages.training import checkpoints, distributed, model_card
+from stages.training import attention, checkpoints, distributed, model_card
 from stages.training.devices import Device, device_arguments
 from stages.training.dvclive_callback import LiveMetrics
 from stages.training.environment import environment_record, precision_name
@@ -150,6 +150,9 @@ def run(
     # Seed before the classification head is initialised, so its weights are reproducible.
     set_seed(params.seed)
     classifier = load_pretrained(model, num_labels, params.attention_dropout)
+    # On a CPU, torch's attention dropout mask costs more than the attention itself (stages/training/attention.py).
+    if attention.kernel(params.attention_dropout_kernel, device) == "fast" and not attention.use_fast_mask(classifier):
+        log.info("model %r has no attention interface: torch's own attention dropout", model.name)
     tokenizer = load_tokenizer(model)
     accuracy = scoring.accuracy_metric()  # the module shipped in stages/metrics/modules/accuracy: no network
     # Evaluation goes through the examples in length order, so each batch is padded to a length close

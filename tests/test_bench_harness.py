@@ -163,25 +163,25 @@ def test_the_useful_flops_formula_is_torchs_own_count(attention: str) -> None:
 
 
 def test_the_fast_mask_drops_at_the_rate_asked_and_leaves_evaluation_alone(tiny_model_dir: Path) -> None:
-    """bench/fast_dropout.py: each weight kept with probability 1 - p (p rounded to 1/65536), kept weights
+    """stages/training/attention.py: each weight kept with probability 1 - p (p rounded to 1/65536), kept weights
     scaled by 1/(1 - p); without dropout, the model's own logits."""
     from transformers import AutoModelForSequenceClassification
 
-    from bench import fast_dropout
+    from stages.training import attention
 
     torch.manual_seed(0)
-    keep, kept = fast_dropout.keep_mask(torch.Size([64, 128, 128]), 0.1, torch.device("cpu"))
+    keep, kept = attention.keep_mask(torch.Size([64, 128, 128]), 0.1, torch.device("cpu"))
     assert kept == 1 - 6554 / 65536
     assert abs(keep.float().mean().item() - kept) < 4 * (kept * (1 - kept) / keep.numel()) ** 0.5
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=5)
     ids = torch.randint(5, 1000, (2, 40))
     expected = model.eval()(input_ids=ids).logits
-    fast_dropout.use(model)
+    assert attention.use_fast_mask(model)
     assert torch.allclose(model.eval()(input_ids=ids).logits, expected, atol=1e-6)
     query = key = value = torch.randn(2, 2, 40, 16)
     module = model.train().bert.encoder.layer[0].attention.self
-    _, weights = fast_dropout.attention(module, query, key, value, None, dropout=0.1)
+    _, weights = attention.attention(module, query, key, value, None, dropout=0.1)
     undropped = torch.softmax(query @ key.transpose(2, 3) * 16**-0.5, dim=-1)
     assert torch.allclose(weights[weights != 0], (undropped / kept)[weights != 0], atol=1e-6)
     assert 0.05 < (weights == 0).float().mean().item() < 0.15

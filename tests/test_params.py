@@ -32,7 +32,7 @@ def test_int_is_accepted_where_a_number_is_expected(tmp_path: Path) -> None:
             "unknown key 'train.learning_rat' (did you mean 'train.learning_rate'?); train takes: "
             "epochs, learning_rate, batch_size, eval_batch_size, weight_decay, warmup_ratio, attention_dropout, seed, "
             "max_steps, logging_steps, group_by_length, save_steps, precision, tf32, optimizer, "
-            "dataloader_workers, torch_compile, nproc_per_node, nnodes, master_addr, master_port",
+            "dataloader_workers, torch_compile, attention_dropout_kernel, nproc_per_node, nnodes, master_addr, master_port",
         ),
         (
             {"train": {"learning_rate": -0.001}},

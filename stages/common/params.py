@@ -109,6 +109,7 @@ class TrainParams:
     optimizer: str = field(metadata=_rule(choices=("auto", "adamw_torch", "adamw_torch_fused")))
     dataloader_workers: int | None = field(metadata=_rule(ge=0))
     torch_compile: bool
+    attention_dropout_kernel: str = field(metadata=_rule(choices=("auto", "fast", "torch")))
     nproc_per_node: int = field(metadata=_rule(ge=1))
     nnodes: int = field(metadata=_rule(ge=1))
     master_addr: str

@@ -1,12 +1,12 @@
-"""A candidate speed lever, measured by `python -m bench.train_step` (setting `fast-mask`), not yet in the stages:
-the model's own attention with its dropout mask drawn 16 bits at a time from 64-bit random words.
+"""Attention dropout at a fraction of its cost on CPUs: the model's own attention and dropout, the mask drawn
+16 bits at a time from 64-bit random words (`train.attention_dropout_kernel`).
 
-    from bench import fast_dropout
-    fast_dropout.use(model)        # training with attention dropout: this attention; otherwise SDPA
+    if attention.kernel(params.attention_dropout_kernel, device) == "fast":
+        attention.use_fast_mask(model)     # training with attention dropout: this attention; otherwise SDPA
 
 torch draws a dropout mask one random float per attention weight, which costs far more than the attention's
-matmuls on a CPU. Four 16-bit lanes per 64-bit word cut the random draws by 4; the drop probability is
-rounded to 1/65536 (0.1 becomes 0.1000061), and the kept weights are scaled by 1/(1 - that).
+matmuls on a CPU (BENCHMARKS.md, "MFU"). Four 16-bit lanes per 64-bit word cut the random draws by 4; the drop
+probability is rounded to 1/65536 (0.1 becomes 0.1000061), and the kept weights are scaled by 1/(1 - that).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from stages.training.devices import Device
 
 NAME = "fast_mask_dropout"
 LANES = 65536  # values of a 16-bit lane
@@ -45,7 +47,20 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     return output, weights
 
 
-def use(model: torch.nn.Module) -> None:
-    """Make `model` (a transformers model with the attention interface, e.g. BERT) attend with `attention`."""
+def kernel(setting: str, device: Device) -> str:
+    """What `train.attention_dropout_kernel` resolves to: 'auto' is the fast mask on a CPU (a GPU's fused
+    attention kernels draw their own), else the setting ('fast' or 'torch')."""
+    if setting == "auto":
+        return "torch" if device.cuda or device.mps else "fast"
+    return setting
+
+
+def use_fast_mask(model: torch.nn.Module) -> bool:
+    """Make `model` attend with `attention`; False (and unchanged) for a model without transformers'
+    attention interface, which keeps torch's dropout."""
     AttentionInterface.register(NAME, attention)
-    model.set_attn_implementation(NAME)
+    try:
+        model.set_attn_implementation(NAME)
+    except (ValueError, AttributeError):
+        return False
+    return True
