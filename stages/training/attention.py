@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from stages.training.devices import Device
 
@@ -59,6 +60,8 @@ def use_fast_mask(model: torch.nn.Module) -> bool:
     """Make `model` attend with `attention`; False (and unchanged) for a model without transformers'
     attention interface, which keeps torch's dropout."""
     AttentionInterface.register(NAME, attention)
+    # Without a mask function of its own, transformers gives a custom attention no padding mask at all.
+    AttentionMaskInterface.register(NAME, eager_mask)
     try:
         model.set_attn_implementation(NAME)
     except (ValueError, AttributeError):
