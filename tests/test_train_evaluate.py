@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from stages import evaluate, prepare, subset, tokenize, train
@@ -155,3 +156,40 @@ def test_collator_pads_per_batch_or_to_max_length(tiny_params: Params, padding: 
     assert batch["input_ids"].shape == (2, expected_width)
     assert batch["attention_mask"][0].tolist()[:5] == [1, 1, 1, 1, 0]
     assert batch["labels"].tolist() == [1, 2]
+
+
+def test_the_fast_mask_drops_at_the_rate_asked_and_leaves_evaluation_alone(tiny_model_dir: Path) -> None:
+    """stages/training/attention.py: each weight kept with probability 1 - p (p rounded to 1/65536), kept weights
+    scaled by 1/(1 - p); without dropout, the model's own logits."""
+    from transformers import AttentionInterface, AutoModelForSequenceClassification
+
+    from stages.training import attention
+
+    torch.manual_seed(0)
+    keep, kept = attention.keep_mask(torch.Size([64, 128, 128]), 0.1, torch.device("cpu"))
+    assert kept == 1 - 6554 / 65536
+    assert abs(keep.float().mean().item() - kept) < 4 * (kept * (1 - kept) / keep.numel()) ** 0.5
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=5)
+    ids, padding = torch.randint(5, 1000, (2, 40)), torch.ones(2, 40, dtype=torch.long)
+    padding[1, 25:] = 0  # the second review is 25 tokens long: the padding must stay masked
+    expected = model.eval()(input_ids=ids, attention_mask=padding).logits
+    assert attention.use_fast_mask(model)
+    assert torch.allclose(model.eval()(input_ids=ids, attention_mask=padding).logits, expected, atol=1e-6)
+    # In training, with dropout: the padded positions get no weight.
+    captured = {}
+
+    def capture(module, query, key, value, mask, **kwargs):
+        captured["output"] = attention.attention(module, query, key, value, mask, **kwargs)
+        return captured["output"]
+
+    AttentionInterface.register(attention.NAME, capture)
+    model.train()(input_ids=ids, attention_mask=padding)
+    assert (captured["output"][1][1, :, :, 25:] == 0).all()
+    assert (captured["output"][1][1, :, :, :25] != 0).any()
+    query = key = value = torch.randn(2, 2, 40, 16)
+    module = model.train().bert.encoder.layer[0].attention.self
+    _, weights = attention.attention(module, query, key, value, None, dropout=0.1)
+    undropped = torch.softmax(query @ key.transpose(2, 3) * 16**-0.5, dim=-1)
+    assert torch.allclose(weights[weights != 0], (undropped / kept)[weights != 0], atol=1e-6)
+    assert 0.05 < (weights == 0).float().mean().item() < 0.15
