@@ -71,6 +71,14 @@ def git(*args: str, cwd: Path) -> str:
     return result.stdout
 
 
+def remove_worktrees(repo: Path, *worktrees: Path) -> None:
+    """Remove `repo`'s temporary worktrees (those that were made) and prune git's records of them."""
+    for worktree in worktrees:
+        if worktree.exists():
+            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=repo, capture_output=True)
+    subprocess.run(["git", "worktree", "prune"], cwd=repo, capture_output=True)
+
+
 def head_worktree(repo: Path, target: Path) -> None:
     """A worktree of HEAD with the working tree's uncommitted changes (tracked and new) copied in."""
     git("worktree", "add", "--detach", "--quiet", str(target), "HEAD", cwd=repo)
@@ -339,10 +347,7 @@ def run(
     except SideFailed as err:
         status, report = cannot_compare(str(err))
     finally:
-        for side in sides.values():
-            if side.exists():
-                subprocess.run(["git", "worktree", "remove", "--force", str(side)], cwd=repo, capture_output=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=repo, capture_output=True)
+        remove_worktrees(repo, *sides.values())
     sizes = ", ".join(f"`{s}.{k}={v}`" for s, values in profile.items() for k, v in values.items())
     report += (
         f"\n{judged_by}\n\nSmoke profile ({profile_file} at {base}): {sizes}. "
@@ -399,18 +404,16 @@ def push_smoke_run(repo: Path, profile_file: Path, work: Path) -> int:
             pushed = subprocess.run(
                 ["dvc", "push", "--run-cache"], cwd=side, env=dvc_env(), stdout=log, stderr=subprocess.STDOUT
             )
-        if pushed.returncode == 0:
-            push_run_cache_outputs(side)
         if pushed.returncode != 0:
             raise SideFailed(
                 f"`dvc push --run-cache` failed (exit {pushed.returncode}):\n{(work / 'smoke.log').read_text()[-2000:]}"
             )
+        push_run_cache_outputs(side)
     except (SideFailed, ParamsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(side)], cwd=repo, capture_output=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=repo, capture_output=True)
+        remove_worktrees(repo, side)
     print(
         f"pushed the smoke run of HEAD ({seconds:.0f}s) and its run cache to remote `{default_remote(repo) or 'default'}`"
     )
@@ -451,8 +454,7 @@ def hand_over(base: str, judge_args: list[str], work: Path) -> int:
         command = [sys.executable, "-m", entry, "--head-repo", str(repo), "--work", str(work), *judge_args]
         return subprocess.run(command, cwd=judge, env=dvc_env()).returncode
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(judge)], cwd=repo, capture_output=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=repo, capture_output=True)
+        remove_worktrees(repo, judge)
 
 
 def report_cannot_compare(reason: str, judge_args: list[str]) -> int:
