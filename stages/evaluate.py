@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from stages.common.atomic import atomic_file, write_json
+from stages.common.atomic import atomic_outputs, json_text
 from stages.common.errors import UserError, run_main
 from stages.common.params import EvaluateParams, load_params
 from stages.data.digest import ContentDigest
@@ -65,8 +65,6 @@ def run(
     # The code train scores its model card with (stages/metrics/scoring.py), so the card and metrics.json agree.
     scores = score(logits, labels, model.config.num_labels)
     metrics = scores.metrics
-    # Every output is deterministic (no timestamps, a seeded bootstrap): `dvc repro --force` rewrites the same bytes.
-    write_json(metrics_out, metrics)
     # Per example: dvc.yaml draws it as the confusion matrix, and the gate's paired tests read it.
     table = pd.DataFrame(
         {
@@ -77,19 +75,28 @@ def run(
             "loss": scores.losses.round(6),
         }
     )
-    with atomic_file(predictions_out) as tmp:
-        table.to_csv(tmp, index=False)
-    write_json(info_out, eval_info(params, meta, examples))  # so the gate never compares runs on different data
+    # Every output is deterministic (no timestamps, a seeded bootstrap): `dvc repro --force` rewrites the same bytes.
+    metrics_text, predictions_text = json_text(metrics), table.to_csv(index=False)
+    # So the gate never compares runs on different data, nor pairs metrics with another run's predictions.
+    info = eval_info(params, meta, examples) | {"outputs_sha256": outputs_digest(metrics_text, predictions_text)}
+    reports = {info_out: json_text(info), predictions_out: predictions_text}
     if per_class_out is not None:
-        write_csv(per_class_out, scores.per_class)
+        reports[per_class_out] = scores.per_class.to_csv(index=False)
     if errors_out is not None:
-        write_csv(errors_out, confident_errors(table, read_texts(prepared_dir, meta), ERRORS_TOP))
+        reports[errors_out] = confident_errors(table, read_texts(prepared_dir, meta), ERRORS_TOP).to_csv(index=False)
+    # One commit for all outputs, metrics.json (what `dvc metrics diff` and the gate read) renamed in last.
+    with atomic_outputs(files=[*reports, metrics_out]) as staged:
+        for path, text in (reports | {metrics_out: metrics_text}).items():
+            staged[path].write_text(text, encoding="utf-8")
     return metrics
 
 
-def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    with atomic_file(path) as tmp:
-        frame.to_csv(tmp, index=False)
+def outputs_digest(metrics_text: str, predictions_text: str) -> dict[str, str]:
+    """The sha256 of the metrics and predictions files' text, which `eval_info.json` records beside them."""
+    return {
+        "metrics": hashlib.sha256(metrics_text.encode()).hexdigest(),
+        "predictions": hashlib.sha256(predictions_text.encode()).hexdigest(),
+    }
 
 
 def read_texts(prepared_dir: Path, meta: dict) -> list[str]:

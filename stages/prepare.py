@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import train_test_split
 
 from stages.common import hub
-from stages.common.atomic import atomic_dir, write_json
+from stages.common.atomic import atomic_dir, json_text
 from stages.common.errors import UserError, run_main
 from stages.common.params import DataParams, load_params
 from stages.data.synthetic import generate_reviews
@@ -89,7 +89,7 @@ def run(params: DataParams, out_dir: Path, raw_dir: Path = RAW_DIR) -> dict[str,
         commit = dataset_commit(params, raw_dir)
         if commit:  # the commit a null (or branch) `data.revision` resolved to: what the data really was
             meta["dataset_commit"] = commit
-        write_json(tmp / "meta.json", meta)
+        (tmp / "meta.json").write_text(json_text(meta))
     return {split: len(frame) for split, frame in splits.items()}
 
 

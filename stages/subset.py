@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.common.atomic import atomic_dir, write_json
+from stages.common.atomic import atomic_dir, json_text
 from stages.common.errors import UserError, run_main
 from stages.common.params import SubsetParams, load_params
 
@@ -55,7 +55,7 @@ def run(params: SubsetParams, tokenized_dir: Path, out_dir: Path) -> dict[str, i
             sizes[name] = size
         meta = json.loads((tokenized_dir / "meta.json").read_text())
         meta.setdefault("params", {})["subset"] = dataclasses.asdict(params)
-        write_json(tmp / "meta.json", meta)
+        (tmp / "meta.json").write_text(json_text(meta))
     return sizes
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from stages.common import hub
-from stages.common.atomic import atomic_dir, write_json
+from stages.common.atomic import atomic_dir, json_text
 from stages.common.errors import UserError, run_main
 from stages.common.params import ModelParams, ParamsError, TokenizeParams, load_params
 from stages.data.digest import ContentDigest
@@ -101,7 +101,7 @@ def run(model: ModelParams, params: TokenizeParams, prepared_dir: Path, out_dir:
             )
             for key, value in counts.items():
                 meta[key][split] = value
-        write_json(tmp / "meta.json", meta)
+        (tmp / "meta.json").write_text(json_text(meta))
     return meta
 
 

@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from stages.common import hub
-from stages.common.atomic import atomic_dir, atomic_file, write_json
+from stages.common.atomic import atomic_outputs, json_text
 from stages.common.errors import UserError, run_main
 from stages.common.params import ModelParams, TrainParams, load_params
 from stages.data.tokenized import TokenizedExamples, make_collator, read_meta
@@ -225,19 +225,21 @@ def run(
         history=history,
         environment=environment,
     )
-    with atomic_dir(model_out) as tmp:
+    # One commit for the model and its reports, so a kill never leaves one run's model beside another's history.
+    written = [history_out] + ([environment_out] if environment_out is not None else [])
+    with atomic_outputs(dirs=[model_out], files=written) as staged:
+        tmp = staged[model_out]
         classifier.save_pretrained(tmp, safe_serialization=True)
         # The loader records whether the Hub was offline (HF_HUB_OFFLINE); it says nothing about the
         # tokenizer, and would make the model folder's hash depend on the shell it was trained in.
         tokenizer.init_kwargs.pop("local_files_only", None)
         tokenizer.save_pretrained(tmp)
         # What the model was trained with and how well it does, inside the folder so they travel with it.
-        write_json(tmp / TRAINING_PARAMS_FILE, {"num_labels": num_labels, "train": asdict(params)})
+        (tmp / TRAINING_PARAMS_FILE).write_text(json_text({"num_labels": num_labels, "train": asdict(params)}))
         (tmp / model_card.FILE_NAME).write_text(card)
-    with atomic_file(history_out) as tmp:
-        history.to_csv(tmp, index=False)
-    if environment_out is not None:
-        write_json(environment_out, environment)
+        history.to_csv(staged[history_out], index=False)
+        if environment_out is not None:
+            staged[environment_out].write_text(json_text(environment))
     if checkpoint_dir is not None:
         checkpoints.finish(checkpoint_dir)
     return history

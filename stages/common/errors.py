@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -35,3 +36,18 @@ def run_main(main: Callable[[], None]) -> None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Exception as err:
+        if not no_space(err):
+            raise
+        # A write outside the atomic outputs (a checkpoint, a log) hit a full disk: a line, not a traceback.
+        print(f"error: no space left on the device ({err}); free some space and rerun", file=sys.stderr)
+        sys.exit(1)
+
+
+def no_space(err: BaseException | None) -> bool:
+    """Whether `err`, or an error it came from, says the disk is full."""
+    while err is not None:
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False

@@ -9,6 +9,7 @@ The base's `gate:` rules judge (or `--rules FILE`), never the candidate's. Exit 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from stages.common.atomic import recover
 from stages.common.params import GateParams, MetricRule, ParamsError, flatten, load_gate_rules, read_yaml
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
@@ -124,6 +126,8 @@ def base_rules(base_revision: str | None, base_run: Path | None, rules_file: Pat
 
 def read_from_dir(folder: Path, name: str | None = None) -> Side:
     """The side held in a run's folder (a checkout or worktree after `dvc repro`)."""
+    # An evaluate run killed while renaming its outputs in leaves a journal: finish it, so no mix is read.
+    recover([folder / METRICS_FILE, folder / INFO_FILE, folder / PREDICTIONS_FILE])
 
     def read(path: str) -> str | None:
         target = folder / path
@@ -152,6 +156,7 @@ def _side(
         info = json.loads(info_text)
     except json.JSONDecodeError as err:
         raise CannotCompare(f"{name}: {INFO_FILE} is not valid JSON ({err})") from None
+    _check_written_together(name, info, metrics_text, predictions_text)
     predictions = None
     if predictions_text is not None:
         predictions = pd.read_csv(io.StringIO(predictions_text)).sort_values("idx").reset_index(drop=True)
@@ -160,6 +165,25 @@ def _side(
     except ParamsError as err:
         raise CannotCompare(str(err)) from None
     return Side(name, metrics, info, predictions, params if isinstance(params, dict) else {})
+
+
+def _check_written_together(name: str, info: dict, metrics_text: str, predictions_text: str | None) -> None:
+    """`CannotCompare` unless the metrics and predictions are the ones `eval_info.json` was written with."""
+    recorded = info.get("outputs_sha256") if isinstance(info, dict) else None
+    if not isinstance(recorded, dict):  # written before evaluate recorded them
+        return
+    found = {"metrics": metrics_text}
+    if predictions_text is not None:
+        found["predictions"] = predictions_text
+    names = {"metrics": METRICS_FILE, "predictions": PREDICTIONS_FILE}
+    differ = [
+        names[key] for key, text in found.items() if hashlib.sha256(text.encode()).hexdigest() != recorded.get(key)
+    ]
+    if differ:
+        raise CannotCompare(
+            f"{name}: {' and '.join(differ)} {'are' if len(differ) > 1 else 'is'} not what {INFO_FILE} was written with (an evaluate run interrupted "
+            "or outputs edited by hand); rerun the evaluate stage there"
+        )
 
 
 # -- comparing ------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 `prepare(folder, fingerprint(params, data_files, code_files, versions))` returns the newest complete checkpoint
 made with the same params, data and code (`fingerprint.json`), or None and starts fresh; the `MarkComplete`
-callback marks each saved checkpoint complete; `finish(folder)` removes the folder once the model is written.
+callback marks each saved checkpoint complete, recording the sha256 of each of its files once they are on disk;
+`finish(folder)` removes the folder once the model is written. A folder that git tracks is refused.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import json
 import logging
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from stages.common.atomic import atomic_file, write_json
+from stages.common.atomic import atomic_file, fsync_tree, write_json
+from stages.common.errors import UserError
 from stages.common.params import read_yaml
 
 log = logging.getLogger(__name__)
@@ -67,13 +70,41 @@ def fingerprint(
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
-    """The checkpoint folders marked complete, oldest step first."""
+    """The checkpoint folders marked complete whose files are still the ones recorded at save, oldest first."""
     found = [
         (int(match.group(1)), path)
         for path in folder.glob("checkpoint-*")
         if (match := _CHECKPOINT.match(path.name)) and (path / COMPLETE_MARK).is_file()
     ]
-    return [path for _, path in sorted(found)]
+    return [path for _, path in sorted(found) if _intact(path)]
+
+
+def file_hashes(checkpoint: Path) -> dict[str, str]:
+    """The sha256 of each file in `checkpoint` but its completion mark, by path inside it."""
+    hashes = {}
+    for path in sorted(checkpoint.rglob("*")):
+        inside = path.relative_to(checkpoint).parts
+        # Not the mark, nor what a writer killed while writing it left (`.COMPLETE.tmp-<pid>-*`).
+        if path.is_file() and inside != (COMPLETE_MARK,) and not inside[0].startswith(f".{COMPLETE_MARK}.tmp-"):
+            digest = hashlib.sha256()
+            with path.open("rb") as stream:
+                for block in iter(lambda: stream.read(2**20), b""):
+                    digest.update(block)
+            hashes[path.relative_to(checkpoint).as_posix()] = digest.hexdigest()
+    return hashes
+
+
+def _intact(checkpoint: Path) -> bool:
+    """Whether `checkpoint` holds exactly the files its completion mark recorded (a checkpoint copied over,
+    edited or torn by a power loss does not)."""
+    try:
+        recorded = json.loads((checkpoint / COMPLETE_MARK).read_text())["sha256"]
+    except (ValueError, KeyError, TypeError):
+        recorded = None
+    if recorded != file_hashes(checkpoint):
+        log.info("not resuming from %s: its files are not the ones recorded when it was saved", checkpoint)
+        return False
+    return True
 
 
 def resume_point(folder: Path, expected: dict[str, str]) -> Path | None:
@@ -86,19 +117,35 @@ def resume_point(folder: Path, expected: dict[str, str]) -> Path | None:
     return complete[-1] if complete else None
 
 
+def git_tracked(folder: Path) -> list[str]:
+    """The files in `folder` that git tracks (none outside a git work tree, or without git)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--", "."], cwd=folder, capture_output=True, text=True)
+    except OSError:
+        return []
+    return [name for name in listed.stdout.split("\0") if name] if listed.returncode == 0 else []
+
+
 def prepare(folder: Path, expected: dict[str, str]) -> Path | None:
     """Make `folder` ready for this run; return the checkpoint to resume from, or None to start fresh.
 
-    Stale checkpoints (another fingerprint, or none recorded) are removed, and the log says why.
+    Stale checkpoints (another fingerprint, or none recorded) are removed, and the log says why. A folder that
+    git tracks is a `UserError`: a checkpoint committed elsewhere would be resumed and shipped as this run's model.
     """
     resume_from = None
     if folder.exists():
+        tracked = git_tracked(folder)
+        if tracked:
+            raise UserError(
+                f"{folder}: git tracks {len(tracked)} files in it ({tracked[0]}, ...); checkpoints are resumed only "
+                f"where they were written, never from a commit; untrack them with `git rm -r --cached {folder}`"
+            )
         recorded_file = folder / FINGERPRINT_FILE
         recorded = json.loads(recorded_file.read_text()) if recorded_file.is_file() else None
         changed = [key for key in expected if recorded is None or recorded.get(key) != expected[key]]
-        complete = complete_checkpoints(folder)
+        complete = complete_checkpoints(folder) if not changed else []
         if changed:
-            if complete:
+            if any(folder.glob("checkpoint-*")):
                 log.info(
                     "not resuming: the checkpoints in %s were made with other %s; starting fresh",
                     folder,
@@ -134,5 +181,7 @@ class MarkComplete(TrainerCallback):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
+                fsync_tree(checkpoint)  # on disk before the mark says so, or a power loss could tear it
+                mark = {"step": state.global_step, "sha256": file_hashes(checkpoint)}
                 with atomic_file(checkpoint / COMPLETE_MARK) as tmp:
-                    tmp.write_text(f"step {state.global_step}\n")
+                    tmp.write_text(json.dumps(mark, indent=1, sort_keys=True) + "\n")

@@ -14,11 +14,13 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from dvclive import Live
 
-# What the Trainer logs, under the names the plots use: train/loss, train/learning_rate, eval/loss...
+# What the Trainer logs, under the names the plots use: train/loss, train/learning_rate, eval/loss... In the
+# order a fresh run logs them, kept when a resumed run replays the history it read back (with sorted keys), so
+# both write the same summary.
 _LOGGED = {
     "loss": "train/loss",
-    "learning_rate": "train/learning_rate",
     "grad_norm": "train/grad_norm",
+    "learning_rate": "train/learning_rate",
     "eval_loss": "eval/loss",
     "eval_accuracy": "eval/accuracy",
 }
@@ -68,7 +70,7 @@ class LiveMetrics(TrainerCallback):
             self.live.end()
 
     def _log(self, logs: dict[str, Any], step: int, epoch: float | None) -> None:
-        values = {_LOGGED[name]: float(value) for name, value in logs.items() if name in _LOGGED}
+        values = {logged: float(logs[name]) for name, logged in _LOGGED.items() if name in logs}
         if not values:
             return
         self.live.step = step
