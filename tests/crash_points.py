@@ -1,6 +1,6 @@
 """Crash-point testing: kill each stage at every write boundary of its output commit, and check what is left.
 
-    python -m tests.crash_points PROJECT REPORT.json
+    python -m tests.crash_points PROJECT REPORT.json [--stages NAME ...] [--full-disk MOUNTED_TMPFS]
 
 PROJECT is a project folder with tiny params (tests/helpers.py `new_project`). Every stage runs first at params A,
 then at params B (another `data.seed`, which changes every stage's outputs); then each stage, its inputs at B and
@@ -12,12 +12,15 @@ outputs (seen through Python's audit hooks, so the code under test is not change
   temporary folder left;
 - rerun as `dvc repro` would (outputs deleted, then the stage's command), they are B, byte for byte.
 Then each write boundary that opens a file or makes a folder fails with ENOSPC instead: the stage exits with one
-`error:` line and its outputs stay A. Each process is a fork of this one, so torch is imported once.
+`error:` line and its outputs stay A. With `--full-disk DIR` (an empty small filesystem, such as a tmpfs), each
+stage instead writes its outputs there, the disk filled to leave each of `FREE_FRACTIONS` of what they need, and
+must fail in that one line, its A outputs whole. Each process is a fork of this one, so torch is imported once.
 Writes the counts and any violation to REPORT.json; exits 1 if there is a violation.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import gc
@@ -233,6 +236,11 @@ def run_stage(
     )
 
 
+def last_shown_line(log: str) -> str:
+    """The last line of `log` as a terminal shows it: a progress bar's carriage returns overwrite."""
+    return (log.strip().splitlines() or [""])[-1].rsplit("\r", 1)[-1]
+
+
 def remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -330,7 +338,7 @@ def check_stage(project: Path, work: Path, stage: Stage, modules: dict) -> Stage
         reset()
         failed = run_stage(project, stage, fail_at=point, modules=modules)
         report.full_disk += 1
-        last_line = (failed.log.strip().splitlines() or [""])[-1]
+        last_line = last_shown_line(failed.log)
         if failed.status != 1 or not last_line.startswith("error: no space left on the device"):
             fail(f"a full disk at boundary {point} did not end in one error line (status {failed.status})", failed)
         if versions() != {"A"} or leftovers(project):
@@ -342,6 +350,63 @@ def check_stage(project: Path, work: Path, stage: Stage, modules: dict) -> Stage
         fail("the final uninterrupted run failed")
     report.seconds = round(time.monotonic() - started, 1)
     return report
+
+
+# How much of the space the new outputs need is left free on the full disk, in turn.
+FREE_FRACTIONS = (0.0, 0.05, 0.3, 0.7, 0.95)
+
+
+def disk_usage(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file()) if path.is_dir() else 0
+
+
+def check_full_disk(project: Path, work: Path, stage: Stage, modules: dict, disk: Path) -> StageReport:
+    """Run `stage` with its outputs (and checkpoints and live log) on `disk`, a small filesystem that holds
+    their A versions and is filled to leave in turn each of `FREE_FRACTIONS` of what the B versions take."""
+    report, started = StageReport(), time.monotonic()
+    on_disk = {str(path): disk / path for path in stage.outputs}
+    # train's checkpoints (weights and optimizer state) outweigh its outputs: on the full disk, a checkpoint
+    # save fails first; off it, the model's commit does.
+    placements = [{}] if stage.checkpoints is None else [{str(stage.checkpoints): disk / stage.checkpoints}, {}]
+    for placement in placements:
+        argv = [placement.get(arg, on_disk.get(arg)) or (disk / arg if arg == LIVE_LOG else arg) for arg in stage.argv]
+        moved = Stage(
+            stage.name, stage.module, [str(arg) for arg in argv], [disk / path for path in stage.outputs], None
+        )
+        _fill_and_run(project, work, stage, moved, modules, disk, report)
+        if stage.checkpoints is not None:
+            remove(stage.checkpoints)
+    report.seconds = round(time.monotonic() - started, 1)
+    return report
+
+
+def _fill_and_run(
+    project: Path, work: Path, stage: Stage, moved: Stage, modules: dict, disk: Path, report: StageReport
+) -> None:
+    needed = sum(disk_usage(work / "B" / path) for path in stage.outputs)
+    filler = disk / "filler"
+    for fraction in FREE_FRACTIONS:
+        for item in disk.iterdir():
+            remove(item)
+        for path in stage.outputs:
+            put(work / "A" / path, disk / path)
+        with filler.open("wb") as stream:  # fill the disk, then give back what this run may use
+            with contextlib.suppress(OSError):
+                while True:
+                    stream.write(b"\0" * 2**16)
+        os.truncate(filler, max(0, filler.stat().st_size - int(fraction * needed)))
+        failed = run_stage(project, moved, modules=modules)
+        report.full_disk += 1
+        last_line = last_shown_line(failed.log)
+        report.points.append(f"{fraction:.0%} free: {last_line}")
+        where = f"a full disk with {fraction:.0%} of the {needed:,} bytes needed free"
+        if failed.status != 1 or not last_line.startswith("error: no space left on the device"):
+            report.violations.append(f"{stage.name}: {where} ended with status {failed.status}: {last_line[-300:]}")
+        intact = all(digest(disk / path) == digest(work / "A" / path) for path in stage.outputs)
+        if not intact or leftovers(disk):
+            report.violations.append(f"{stage.name}: {where} left outputs not whole or leftovers {leftovers(disk)}")
 
 
 def set_seed(project: Path, seed: int) -> None:
@@ -373,8 +438,13 @@ def install_from_environment() -> None:
 
 
 def main() -> None:
-    project, report_path = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
-    only = set(sys.argv[3:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("project", type=Path)
+    parser.add_argument("report", type=Path)
+    parser.add_argument("--stages", nargs="+", default=[], help="only these stages (default: all)")
+    parser.add_argument("--full-disk", type=Path, help="an empty small filesystem: fill it instead of killing")
+    args = parser.parse_args()
+    project, report_path, only = args.project.resolve(), args.report.resolve(), set(args.stages)
     os.chdir(project)
     stages = pipeline(project)
     modules = {stage.module: importlib.import_module(stage.module) for stage in stages}
@@ -389,15 +459,17 @@ def main() -> None:
                 sys.exit(f"the reference run {version} failed in {stage.name}:\n{outcome.log}")
             for path in stage.outputs:
                 put(path, work / version / path)
-    reports = {
-        stage.name: check_stage(project, work, stage, modules) for stage in stages if not only or stage.name in only
-    }
+    chosen = [stage for stage in stages if not only or stage.name in only]
+    if args.full_disk is not None:
+        reports = {stage.name: check_full_disk(project, work, stage, modules, args.full_disk) for stage in chosen}
+    else:
+        reports = {stage.name: check_stage(project, work, stage, modules) for stage in chosen}
     report_path.write_text(json.dumps({name: vars(report) for name, report in reports.items()}, indent=1))
     for name, report in reports.items():
+        crashes = f"{report.boundaries} crash points ({report.killed_old} left A, {report.killed_new} left B), "
         print(
-            f"{name}: {report.boundaries} crash points ({report.killed_old} left A, {report.killed_new} left B), "
-            f"{report.reruns} reruns, {report.full_disk} full-disk points, {report.seconds}s, "
-            f"{len(report.violations)} violations"
+            f"{name}: {crashes if report.boundaries else ''}{report.reruns} reruns, {report.full_disk} full-disk "
+            f"{'runs' if args.full_disk else 'points'}, {report.seconds}s, {len(report.violations)} violations"
         )
         for violation in report.violations:
             print("  " + violation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,63 @@ def test_every_crash_point_of_every_stage_leaves_the_old_outputs_or_the_new(
     assert report["prepare"]["kinds"]["stages.atomic.exchange"] == 1
     assert report["train"]["kinds"]["stages.atomic.exchange"] == 1  # the model folder
     assert sum(point.startswith("os.rename") and "-> reports/" in point for point in report["evaluate"]["points"]) == 4
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_fails_each_stage_in_one_line_and_keeps_its_outputs(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # A 64 MiB tmpfs in a private mount namespace: no root needed where user namespaces are allowed.
+    namespace = ["unshare", "--map-root-user", "--mount"]
+    probe = subprocess.run([*namespace, "true"], capture_output=True, text=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip(
+            f"no private mount namespace here ({probe.stderr.strip() if probe else 'no unshare'}); the injected ENOSPC "
+            "of test_every_crash_point still runs"
+        )
+    project = new_project(tmp_path / "project", with_overrides(tiny_overrides(tiny_model_dir), CRASH_SIZES))
+    disk, report_file = tmp_path / "disk", tmp_path / "full-disk.json"
+    disk.mkdir()
+    mount_then_run = 'mount -t tmpfs -o size=64m tmpfs "$0" && exec "$@"'
+    result = subprocess.run(
+        [
+            *namespace,
+            "sh",
+            "-c",
+            mount_then_run,
+            str(disk),
+            sys.executable,
+            "-m",
+            "tests.crash_points",
+            str(project),
+            str(report_file),
+            "--full-disk",
+            str(disk),
+        ],
+        cwd=project,
+        env=stage_env() | {"PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    report = json.loads(report_file.read_text())
+    assert {name: stage["full_disk"] for name, stage in report.items()} == {
+        "prepare": 5,
+        "tokenize": 5,
+        "subset": 5,
+        "train": 10,
+        "evaluate": 5,
+    }
+    assert all(stage["violations"] == [] for stage in report.values())
+    # pyarrow, safetensors and torch each report a full disk their own way; all end in the same line.
+    train_lines = "\n".join(report["train"]["points"])
+    assert (
+        "error: no space left on the device (" in train_lines and "checkpoints/train" in train_lines
+    )  # a checkpoint save
+    assert f"while writing {disk}/models/model, " in train_lines  # the model's commit
+    assert "the previous outputs are untouched" in report["prepare"]["points"][0]
 
 
 def repro_killed_at(project: Path, stage_module: str, boundary: str, *args: str) -> None:

@@ -27,12 +27,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from stages.common.errors import UserError, no_space
+from stages.common.errors import FULL_DISK_BYTES, UserError, free_bytes, no_space
 
 JOURNAL = "COMMIT"
-# Below this many free bytes on the outputs' filesystem, a failed write is taken for a full disk: torch reports
-# one as "unexpected pos", safetensors without an errno.
-FULL_DISK_BYTES = 16 * 2**20
 
 
 class OutOfSpace(UserError):
@@ -179,12 +176,6 @@ def recover(paths: Iterable[Path]) -> None:
         _recover_root(Path(os.path.abspath(path.parent)), [path.name])
 
 
-def _free_bytes(folder: Path) -> int:
-    stats = os.statvfs(folder)
-    # root may write into the blocks a filesystem reserves for it; others stop at `f_bavail`.
-    return stats.f_frsize * (stats.f_bfree if os.geteuid() == 0 else stats.f_bavail)
-
-
 @contextlib.contextmanager
 def atomic_outputs(files: Iterable[Path] = (), dirs: Iterable[Path] = ()) -> Iterator[dict[Path, Path]]:
     """Yield a temporary path for each output (an empty folder for each of `dirs`); on success all replace
@@ -218,7 +209,7 @@ def atomic_outputs(files: Iterable[Path] = (), dirs: Iterable[Path] = ()) -> Ite
         for path in outputs:
             _install(staged[path], path)
     except Exception as err:
-        if not committed and not isinstance(err, UserError) and (no_space(err) or _free_bytes(root) < FULL_DISK_BYTES):
+        if not committed and not isinstance(err, UserError) and (no_space(err) or free_bytes(root) < FULL_DISK_BYTES):
             names = ", ".join(str(path) for path in outputs)
             raise OutOfSpace(
                 f"no space left on the device while writing {names} ({err}); free some space and rerun; "
