@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages import prepare, tokenize
-from stages.common.atomic import OutOfSpace, atomic_dir, atomic_file
+from stages.common.atomic import OutOfSpace, atomic_dir, atomic_file, recover
 from stages.common.params import Params
 
 
@@ -81,3 +81,29 @@ def test_leftovers_of_a_killed_writer_are_swept_on_the_next_write(tmp_path: Path
     # A live writer's temporary folder is left alone.
     with atomic_dir(target) as tmp, atomic_dir(target) as other:
         assert tmp.exists() and other.exists() and str(os.getpid()) in tmp.parent.name
+
+
+def test_without_an_atomic_exchange_a_kill_between_the_two_renames_is_recovered(tmp_path: Path) -> None:
+    target = tmp_path / "tokenized"
+    target.mkdir()
+    (target / "train.parquet").write_bytes(b"old")
+    # A writer on a system without renameat2, killed between moving the old folder aside and the new one in.
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from stages.common import atomic; from tests.crash_points import Hook\n"
+            "atomic._renameat2 = None\n"
+            f"target = Path({str(target)!r})\n"
+            "sys.addaudithook(Hook(target.parent, [target], crash_on=f'-> {target.name}'))\n"
+            "with atomic.atomic_dir(target) as tmp:\n"
+            "    (tmp / 'train.parquet').write_bytes(b'new')",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -9, killed.stderr
+    assert not target.exists()  # the window the module docstring names
+    recover([target])
+    assert (target / "train.parquet").read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenized"]

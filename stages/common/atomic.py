@@ -81,9 +81,9 @@ _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two existing paths in one step (Linux `renameat2`); False where the platform or filesystem cannot."""
-    sys.audit("stages.atomic.exchange", str(a), str(b))
     if _renameat2 is None:
         return False
+    sys.audit("stages.atomic.exchange", str(a), str(b))
     if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()

@@ -148,11 +148,14 @@ def smoke_run(side: Path, profile: dict[str, dict[str, Any]], log_file: Path, pu
     with log_file.open("w") as log:
         result = subprocess.run(command, cwd=side, env=dvc_env(), stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0:
-        tail = "\n".join(log_file.read_text().strip().splitlines()[-15:])
-        raise SideFailed(
-            f"`dvc repro` failed in {side.name} (exit {result.returncode}); end of its log:\n```\n{tail}\n```"
-        )
+        raise SideFailed(f"`dvc repro` failed in {side.name} (exit {result.returncode}); {log_tail(log_file)}")
     return time.perf_counter() - started
+
+
+def log_tail(log_file: Path, lines: int = 15) -> str:
+    """The end of a log, quoted for the report: the log itself is in a folder the check removes."""
+    tail = "\n".join(log_file.read_text().strip().splitlines()[-lines:])
+    return f"end of its log:\n```\n{tail}\n```"
 
 
 def restored_stages(log_file: Path) -> list[str]:
@@ -183,11 +186,14 @@ def retrain_foreign(sides: dict[str, Path], restored: dict[str, list[str]], work
             key for key in records[name].keys() | reference.keys() if records[name].get(key) != reference.get(key)
         )
         differed[name] = ", ".join(fields) or "no environment record"
+        log_file = work / f"{name}-retrain.log"
         for command in (["dvc", "repro", "--force", "--single-item", "train"], ["dvc", "repro"]):
-            with (work / f"{name}-retrain.log").open("a") as log:
+            with log_file.open("a") as log:
                 result = subprocess.run(command, cwd=sides[name], env=dvc_env(), stdout=log, stderr=subprocess.STDOUT)
             if result.returncode != 0:
-                raise SideFailed(f"`{' '.join(command)}` failed in {name} (exit {result.returncode}); see its log")
+                raise SideFailed(
+                    f"`{' '.join(command)}` failed in {name} (exit {result.returncode}); {log_tail(log_file)}"
+                )
     return differed
 
 
