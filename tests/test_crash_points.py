@@ -1,5 +1,6 @@
 """Nothing lost if a stage dies at any instant: every crash point and full-disk point of every stage's outputs,
-a kill under `dvc repro` that the next `dvc repro` recovers from, and a committed checkpoint that a clone refuses."""
+a kill under `dvc repro` that the next `dvc repro` recovers from, a committed checkpoint that a clone refuses, and
+a checkpoint whose files changed since its save that is not resumed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stages.common.params import with_overrides
+from stages.training import checkpoints
 from tests.crash_points import pipeline
 from tests.helpers import REPO_ROOT, new_project, read_lock, run_cmd, set_params, stage_env, tiny_overrides
 
@@ -183,3 +185,21 @@ def test_a_checkpoint_committed_to_git_is_refused_by_a_fresh_clone(project: Path
     assert "resuming from" not in refused.stderr
     assert not (clone / "models" / "model").exists()
     assert run_cmd(["git", "status", "--porcelain", "checkpoints"], clone).stdout == ""  # nothing of it deleted
+
+
+def test_a_checkpoint_whose_files_changed_since_its_save_is_not_resumed(tmp_path: Path) -> None:
+    folder, expected = tmp_path / "checkpoints", {"params": "p", "data": "d", "code": "c"}
+    checkpoints.prepare(folder, expected)
+    for step in (5, 10):
+        saved = folder / f"checkpoint-{step}"
+        saved.mkdir()
+        (saved / "model.safetensors").write_bytes(b"weights at %d" % step)
+        mark = {"step": step, "sha256": checkpoints.file_hashes(saved)}
+        (saved / checkpoints.COMPLETE_MARK).write_text(json.dumps(mark))
+    assert checkpoints.resume_point(folder, expected) == folder / "checkpoint-10"
+    # Copied over from another run, or torn by a power loss: the newest intact one is resumed instead.
+    (folder / "checkpoint-10" / "model.safetensors").write_bytes(b"other weights")
+    assert checkpoints.resume_point(folder, expected) == folder / "checkpoint-5"
+    (folder / "checkpoint-5" / "optimizer.pt").write_bytes(b"a file the save did not write")
+    assert checkpoints.prepare(folder, expected) is None  # none intact: a fresh start
+    assert sorted(p.name for p in folder.iterdir()) == ["fingerprint.json"]
