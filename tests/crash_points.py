@@ -127,10 +127,12 @@ class Hook:
         crash_at: int | None = None,
         fail_at: int | None = None,
         crash_on: str | None = None,
+        kill_record: Path | None = None,
     ) -> None:
         self.project = str(project.resolve())
         self.outputs = {os.path.abspath(path) for path in outputs}
         self.crash_at, self.fail_at, self.crash_on = crash_at, fail_at, crash_on
+        self.kill_record = kill_record  # where the boundary killed at is written, for a caller that sees no signal
         self.boundaries: list[str] = []
         self.fsynced: set[str] = set()
         self.unsynced: list[str] = []
@@ -170,6 +172,8 @@ class Hook:
             self.installed.append(os.path.abspath(paths[1]))
         self.boundaries.append(f"{event} {' -> '.join(os.path.relpath(path, self.project) for path in paths)}")
         if len(self.boundaries) == self.crash_at or (self.crash_on and self.crash_on in self.boundaries[-1]):
+            if self.kill_record:
+                self.kill_record.write_text(self.boundaries[-1])
             os.kill(os.getpid(), signal.SIGKILL)
         if len(self.boundaries) == self.fail_at:
             assert event in _CREATING, event
@@ -416,7 +420,8 @@ def set_seed(project: Path, seed: int) -> None:
 def install_from_environment() -> None:
     """Kill this process at the first boundary that contains `CRASH_POINTS_KILL`'s text, if it runs the stage
     module that names (`CRASH_POINTS_KILL="stages.train stages.atomic.exchange"`): for a `sitecustomize.py`, so
-    a stage that `dvc repro` starts is killed where a test says."""
+    a stage that `dvc repro` starts is killed where a test says. The boundary is written first to the file
+    `CRASH_POINTS_KILL_RECORD` names, if set: a stage under a shell shows `dvc repro` an exit status, not a signal."""
     module, _, text = os.environ.get("CRASH_POINTS_KILL", "").partition(" ")
     if not module:
         return
@@ -431,7 +436,8 @@ def install_from_environment() -> None:
                 return
             starting = True  # reading dvc.yaml raises audit events of its own
             stage = next(stage for stage in pipeline(Path.cwd()) if stage.module == module)
-            found.append(Hook(Path.cwd(), stage.outputs, crash_on=text))
+            record = os.environ.get("CRASH_POINTS_KILL_RECORD")
+            found.append(Hook(Path.cwd(), stage.outputs, crash_on=text, kill_record=Path(record) if record else None))
         found[0](event, args)
 
     sys.addaudithook(kill_in_stage)
